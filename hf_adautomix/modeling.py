@@ -1,0 +1,144 @@
+"""`MixupModel`: classifier adapter + mixer (+ EMA teacher) in one `nn.Module`.
+
+Trainer, DDP, autocast, the optimizer and checkpoint/resume all see one module, so everything the method needs
+(generator, mix head, teacher, step counter) is saved, restored and kept in sync without extra plumbing
+(hf-ecosystem §0). The training step runs entirely inside `forward` (autocast and DDP only cover `forward`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .backbones import ClassifierAdapter, wrap_classifier
+from .mixers import Mixer, NoMix, cross_entropy
+
+
+@dataclass
+class EMASchedule:
+    """Momentum ξ_t of the EMA teacher at optimizer step t of T (released `CosineScheduleHook`, §5).
+
+    t < a·T: ξ₀; a·T ≤ t ≤ T: ξ_end − (ξ_end − ξ₀)·(1 + cos(π t / T)) / 2 (t/T, not (t − aT)/((1−a)T), as released).
+    With `warmup`, ξ_t is also capped at 1 − (1 + t)^(−2/3) (timm ModelEmaV3's warm-up), so that on a run of a few
+    hundred steps the teacher follows the online model instead of staying near its initialisation.
+    """
+
+    momentum: float = 0.999
+    momentum_end: float = 0.999999
+    scope_start: float = 0.1
+    warmup: bool = True
+    warmup_power: float = 2 / 3
+
+    def __call__(self, step: int, total_steps: int) -> float:
+        total = max(int(total_steps), 1)
+        if step < self.scope_start * total:
+            m = self.momentum
+        else:
+            m = self.momentum_end - (self.momentum_end - self.momentum) * (1 + math.cos(math.pi * step / total)) / 2
+        if self.warmup:
+            m = min(m, 1 - (1 + step) ** -self.warmup_power)
+        return m
+
+    def describe(self) -> str:
+        base = (f"released cosine schedule ξ {self.momentum} → {self.momentum_end} over "
+                f"[{self.scope_start}·T, T]")
+        return base + (", capped by the warm-up 1 − (1 + t)^(−2/3)" if self.warmup else " (exact, no warm-up)")
+
+
+class MixupModel(nn.Module):
+    """The module Trainer trains.
+
+    Args:
+        classifier: the user's model or its adapter.
+        mixer: a `Mixer` (default: no mixing).
+        ema: keep an EMA teacher of the classifier (learned mixers always have one).
+        ema_schedule: the teacher's momentum schedule.
+    """
+
+    def __init__(self, classifier: nn.Module, mixer: Mixer | None = None, *, ema: bool = False,
+                 ema_schedule: EMASchedule | None = None):
+        super().__init__()
+        self.classifier: ClassifierAdapter = wrap_classifier(classifier)
+        self.mixer = mixer if mixer is not None else NoMix(num_classes=self.classifier.num_classes)
+        ema = ema or self.mixer.learned
+        self.teacher = copy.deepcopy(self.classifier).requires_grad_(False) if ema else None
+        if self.teacher is not None:
+            self.teacher.eval()
+        self.ema_schedule = ema_schedule or EMASchedule()
+        # Optimizer steps taken so far. A buffer, so checkpoints carry it: the EMA schedule and the AdAutoMix
+        # adversarial/cooperative alternation are functions of it and resume exactly.
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.total_steps = 1  # set by the trainer at train begin
+        self.eval_ema = False  # evaluate the teacher instead of the online classifier
+        self.last_terms: dict[str, torch.Tensor] = {}
+        if self.mixer.learned:
+            self.mixer.attach(self.classifier, self.teacher)
+
+    # -- modes -----------------------------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        # Trainer calls model.train() every step; the teacher's mode is set explicitly by the mixer around each
+        # of its forwards (the release runs them in train mode), never by Trainer (hf-ecosystem §0.5).
+        if self.teacher is not None:
+            self.teacher.train(False)
+        return self
+
+    # -- forward ---------------------------------------------------------------------------------------------
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if self.training:
+            if labels is None:
+                raise ValueError("Training needs `labels` in each batch (integer class ids).")
+            if self.mixer.learned:
+                terms = self.mixer(pixel_values, labels, self.classifier, teacher=self.teacher, step=int(self.step))
+            else:
+                terms = self.mixer(pixel_values, labels, self.classifier)
+            self.last_terms = {k: v.detach() for k, v in terms.items() if k != "loss"}
+            return {"loss": terms["loss"]}
+        model = self.teacher if self.eval_ema and self.teacher is not None else self.classifier
+        logits = model(pixel_values)
+        if labels is None:
+            return {"logits": logits}
+        return {"loss": cross_entropy(logits, labels), "logits": logits}
+
+    # -- EMA -------------------------------------------------------------------------------------------------
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        pairs = [(self.classifier, self.teacher)] if self.teacher is not None else []
+        if hasattr(self.mixer, "ema_pairs"):
+            pairs += self.mixer.ema_pairs()
+        return pairs
+
+    def current_momentum(self) -> float:
+        return self.ema_schedule(int(self.step), self.total_steps)
+
+    @torch.no_grad()
+    def update_ema(self) -> float:
+        """p_k ← ξ_t·p_k + (1 − ξ_t)·p_q for every parameter; called once after each optimizer step.
+
+        Written with `_foreach_lerp_` rather than `AveragedModel`/timm's `ModelEmaV3` because the teacher lives
+        inside this module (so DDP, checkpoints and resume cover it) and its momentum follows the step buffer.
+        Buffers: a learned mixer's teacher keeps its own BN statistics (its own train-mode forwards, §5); a plain
+        EMA teacher never runs in train mode, so it copies the online buffers (timm's convention).
+        """
+        m = self.current_momentum()
+        for online, teacher in self.ema_pairs():
+            t_params = [p for p in teacher.parameters()]
+            o_params = [p.detach() for p in online.parameters()]
+            if t_params:
+                torch._foreach_lerp_(t_params, o_params, 1.0 - m)
+            if not self.mixer.learned:
+                for tb, ob in zip(teacher.buffers(), online.buffers()):
+                    tb.copy_(ob)
+        self.step += 1
+        return m
+
+    # -- export ----------------------------------------------------------------------------------------------
+    def export_adapter(self, which: str = "auto") -> ClassifierAdapter:
+        if which not in ("auto", "ema", "online"):
+            raise ValueError(f"export_model must be auto, ema or online; got '{which}'.")
+        if which == "ema" and self.teacher is None:
+            raise ValueError("--export_model ema needs an EMA teacher: add --ema (or use a learned mixer).")
+        return self.teacher if which != "online" and self.teacher is not None else self.classifier

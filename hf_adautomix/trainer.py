@@ -1,0 +1,284 @@
+"""`AdAutoMixTrainer`: a thin `transformers.Trainer` around `MixupModel`.
+
+It builds the wrapper, adds the generator's param group, updates the EMA teacher after each optimizer step,
+evaluates the online and EMA models, logs every loss term, saves mixed-sample grids and exports the chosen weights
+in the model's own format. Each override below says why it exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from .arguments import MixupArguments
+from .backbones import wrap_classifier
+from .mixers import build_mixer
+from .modeling import EMASchedule, MixupModel
+
+logger = logging.getLogger(__name__)
+
+
+class EMACallback(TrainerCallback):
+    """Updates the EMA teacher right after every optimizer step (hf-ecosystem §1.2: `on_optimizer_step`)."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        model.total_steps = max(state.max_steps, 1)
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if model.teacher is not None:
+            model.update_ema()
+        else:
+            model.step += 1
+
+
+class MixGridCallback(TrainerCallback):
+    """Saves a PNG grid of source images and generated mixes every `save_mix_every` steps and at the end."""
+
+    def __init__(self, every: int, mean, std):
+        self.every, self.mean, self.std = every, mean, std
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        last = state.global_step + 1 >= state.max_steps
+        model.mixer.capture = last or (self.every > 0 and (state.global_step + 1) % self.every == 0)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        mixer = model.mixer
+        if mixer.capture and mixer.last_mix is not None and state.is_world_process_zero:
+            from .visualize import save_mix_grid
+
+            path = os.path.join(args.output_dir, "mixed_samples", f"step_{state.global_step:06d}.png")
+            save_mix_grid(mixer.last_mix, path, mean=self.mean, std=self.std)
+        mixer.capture, mixer.last_mix = False, None
+
+
+class _GeneratorCosine:
+    """LR factor of the generator group: cosine from 1 to `floor` over `total` steps (released recipes)."""
+
+    def __init__(self, total: int, floor: float):
+        self.total, self.floor = max(total, 1), floor
+
+    def __call__(self, step: int) -> float:
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * min(step, self.total) / self.total))
+
+
+class AdAutoMixTrainer(Trainer):
+    """`Trainer` for mixup training of any supported classifier.
+
+    Args:
+        model: a transformers `*ForImageClassification`, a timm classifier, or a ready `MixupModel`.
+        args: `TrainingArguments`.
+        mixup_args: `MixupArguments` (default: `--mixup none`).
+        train_dataset / eval_dataset: `datasets` image datasets, raw (image + label columns: the default transforms
+            for the model's input size are applied) or already giving `pixel_values` / `labels`.
+        transform_info: the data's normalisation (`data.TransformInfo`), used for the exported image processor and
+            the mixed-sample grids; filled in when the trainer applies the transforms itself.
+    """
+
+    # Our loss is a per-micro-batch mean computed by us, whatever the model family; Trainer must divide it by the
+    # accumulation steps itself (hf-ecosystem §1.3: the default would skip that for ResNet-like models).
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, model: nn.Module | None = None, args: TrainingArguments | None = None,
+                 mixup_args: MixupArguments | None = None, train_dataset=None, eval_dataset=None,
+                 data_collator=None, compute_metrics=None, transform_info=None, **kwargs):
+        from . import data as data_lib
+        from .evaluation import compute_metrics as default_metrics
+
+        if model is None:
+            raise ValueError("AdAutoMixTrainer needs a model (transformers, timm, or a MixupModel).")
+        args = args if args is not None else TrainingArguments(output_dir="trainer_output")
+        self.mixup_args = mixup_args = mixup_args if mixup_args is not None else MixupArguments()
+        # Our collator builds pixel_values/labels from the raw columns inside `with_transform`; Trainer's column
+        # pruning would run first and remove them (hf-ecosystem §1.6), so users never need the flag.
+        args.remove_unused_columns = False
+        args.label_names = args.label_names or ["labels"]
+
+        wrapper = model if isinstance(model, MixupModel) else self.build_wrapper(model, mixup_args, args)
+        self.transform_info = transform_info
+        if train_dataset is not None or eval_dataset is not None:
+            train_dataset, eval_dataset, info = _auto_transform(train_dataset, eval_dataset, wrapper, args.seed)
+            self.transform_info = self.transform_info or info
+        super().__init__(model=wrapper, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         data_collator=data_collator or data_lib.collate_fn,
+                         compute_metrics=compute_metrics or default_metrics, **kwargs)
+        self._terms: dict[str, torch.Tensor] = {}
+        self._terms_count = 0
+        self.add_callback(EMACallback())
+        if wrapper.mixer.learned:
+            info = self.transform_info
+            self.add_callback(MixGridCallback(mixup_args.save_mix_every, getattr(info, "mean", None),
+                                              getattr(info, "std", None)))
+        if getattr(self, "is_deepspeed_enabled", False) or getattr(self, "is_fsdp_enabled", False):
+            raise ValueError("hf_adautomix supports single-device and DDP training (accelerate --multi_gpu, "
+                             "torchrun, CPU multi-process); DeepSpeed and FSDP are not supported.")
+        if wrapper.teacher is not None:
+            logger.info("EMA teacher: %s.", wrapper.ema_schedule.describe())
+
+    @staticmethod
+    def build_wrapper(model: nn.Module, mixup_args: MixupArguments, args: TrainingArguments) -> MixupModel:
+        classifier = wrap_classifier(model)
+        mixer = build_mixer(mixup_args, num_classes=classifier.num_classes,
+                            label_smoothing=args.label_smoothing_factor, classifier=classifier)
+        schedule = EMASchedule(momentum=mixup_args.ema_momentum, momentum_end=mixup_args.ema_momentum_end,
+                               scope_start=mixup_args.ema_scope_start, warmup=mixup_args.ema_warmup)
+        return MixupModel(classifier, mixer, ema=bool(mixup_args.ema), ema_schedule=schedule)
+
+    # -- loss ------------------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # Override: Trainer's label smoother would pop `labels` before our forward; the mixers apply
+        # `label_smoothing_factor` themselves, to every target, before mixing.
+        outputs = model(**inputs)
+        return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # Override: accumulate the mixer's named loss terms for logging (detached, no sync).
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        for k, v in self.model.last_terms.items():
+            self._terms[k] = self._terms.get(k, 0.0) + v.float()
+        self._terms_count += 1
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Override: training logs also carry every loss term, λ, N, mask statistics, EMA momentum, generator LR.
+        if "loss" in logs and self._terms:
+            keys = sorted(self._terms)
+            vals = torch.stack([torch.as_tensor(self._terms[k], device=self.args.device) for k in keys])
+            vals = vals / self._terms_count
+            if self.args.world_size > 1:
+                vals = self.accelerator.reduce(vals, reduction="mean")
+            logs.update({f"train_{k}": round(float(v), 4) for k, v in zip(keys, vals)})
+        if "loss" in logs:
+            self._terms, self._terms_count = {}, 0
+            if self.model.teacher is not None:
+                logs["ema_momentum"] = self.model.current_momentum()
+            if self.optimizer is not None and len(self.optimizer.param_groups) and self._generator_group is not None:
+                logs["generator_lr"] = self.optimizer.param_groups[self._generator_group]["lr"]
+        super().log(logs, start_time)
+
+    # -- optimizer -------------------------------------------------------------------------------------------
+    _generator_group: int | None = None
+
+    def create_optimizer(self, model=None):
+        # Override: the generator gets its own param group (own LR and weight decay) in the one optimizer.
+        gen = [p for p in getattr(self.model.mixer, "generator_parameters", list)() if p.requires_grad]
+        if self.optimizer is not None or not gen:
+            return super().create_optimizer()
+        for p in gen:  # hide it from Trainer's decay/no-decay grouping, then add it as its own group
+            p.requires_grad_(False)
+        try:
+            super().create_optimizer()
+        finally:
+            for p in gen:
+                p.requires_grad_(True)
+        lr = self.mixup_args.generator_lr or self.args.learning_rate
+        wd = self.args.weight_decay if self.mixup_args.generator_weight_decay is None else \
+            self.mixup_args.generator_weight_decay
+        self.optimizer.add_param_group({"params": gen, "lr": lr, "weight_decay": wd})
+        self._generator_group = len(self.optimizer.param_groups) - 1
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        # Override: with --generator_min_lr, the generator group anneals on its own cosine (released recipes).
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        floor = self.mixup_args.generator_min_lr
+        if floor is not None and self._generator_group is not None:
+            if not hasattr(scheduler, "lr_lambdas"):
+                raise ValueError(f"--generator_min_lr needs a LambdaLR schedule, not {self.args.lr_scheduler_type}.")
+            base = self.optimizer.param_groups[self._generator_group]["initial_lr"]
+            scheduler.lr_lambdas[self._generator_group] = _GeneratorCosine(num_training_steps, floor / base)
+        return scheduler
+
+    # -- evaluation ------------------------------------------------------------------------------------------
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        # Override: report the online model as eval_* and the EMA teacher as eval_ema_*.
+        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        if self.model.teacher is not None:
+            self.model.eval_ema = True
+            try:
+                metrics.update(super().evaluate(eval_dataset, ignore_keys, f"{metric_key_prefix}_ema"))
+            finally:
+                self.model.eval_ema = False
+        return metrics
+
+    # -- saving ----------------------------------------------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        # Override: checkpoints (checkpoint-N/) hold the whole wrapper for exact resume; the run's output_dir gets
+        # the exported native model (what `save_model()` / `push_to_hub()` users expect).
+        output_dir = output_dir or self.args.output_dir
+        if os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir):
+            self.export_model(output_dir)
+        else:
+            super()._save(output_dir, state_dict)
+
+    def export_model(self, output_dir: str | None = None, which: str | None = None) -> str:
+        """Write the chosen weights (EMA teacher by default when there is one) in the model's native format,
+        plus the image processor, without generator or mix head. Returns the folder."""
+        from .data import make_image_processor
+
+        output_dir = output_dir or self.args.output_dir
+        which = which or self.mixup_args.export_model
+        if not self.is_world_process_zero():
+            return output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        adapter = self.model.export_adapter(which)
+        info = self.transform_info
+        labels = _label_names(adapter)
+        if adapter.family == "timm":
+            data_config = None
+            if info is not None:
+                data_config = {"input_size": (3, info.size, info.size), "mean": tuple(info.mean),
+                               "std": tuple(info.std), "crop_pct": 1.0 if info.recipe == "cifar" else 0.875,
+                               "interpolation": "bilinear", "crop_mode": "center"}
+            adapter.save_native(output_dir, label_names=labels, data_config=data_config)
+        else:
+            adapter.save_native(output_dir)
+        processor = self.processing_class
+        if processor is None and info is not None:
+            processor = make_image_processor(info)
+        if processor is not None and hasattr(processor, "save_pretrained"):
+            processor.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        logger.info("Exported the %s model (%s) to %s", "EMA" if adapter is self.model.teacher else "online",
+                    adapter.family, output_dir)
+        return output_dir
+
+
+def _auto_transform(train, evaluation, wrapper: MixupModel, seed: int):
+    """Apply the default transforms for the model's input size to raw image datasets (image + label columns);
+    datasets that already yield `pixel_values` are returned unchanged."""
+    from . import data as data_lib
+
+    raw = [ds for ds in (train, evaluation) if ds is not None and "pixel_values" not in ds[0]]
+    if not raw:
+        return train, evaluation, None
+    first = raw[0]
+    image_col = data_lib._find_column(first, None, data_lib.IMAGE_COLUMN_CANDIDATES, "image", "train")
+    label_col = data_lib._find_column(first, None, data_lib.LABEL_COLUMN_CANDIDATES, "label", "train")
+    feature = first.features[label_col]
+    names = list(feature.names) if hasattr(feature, "names") else [str(i) for i in range(wrapper.classifier.num_classes)]
+    image_data = data_lib.ImageData(train=first, validation=raw[-1], image_column=image_col, label_column=label_col,
+                                    labels=names, source="user dataset")
+    size = wrapper.classifier.input_size[0] if wrapper.classifier.family == "timm" or \
+        getattr(wrapper.classifier.model.config, "image_size", None) else None
+    info = data_lib.resolve_transform_info(image_data, data_lib.DataTrainingArguments(), image_size=size, seed=seed)
+    train_tf, eval_tf = data_lib.build_transforms(info.recipe, info.size, info.mean, info.std)
+    logger.info("Applying the default '%s' transforms (size %d) to the raw image datasets.", info.recipe, info.size)
+    out = []
+    for ds in (train, evaluation):
+        if ds is not None and "pixel_values" not in ds[0]:
+            tf = train_tf if ds is train else eval_tf
+            ds = data_lib.apply_transforms(
+                data_lib.replace(image_data, train=ds, validation=ds), tf, tf).train
+        out.append(ds)
+    return out[0], out[1], info
+
+
+def _label_names(adapter) -> list[str] | None:
+    if adapter.family == "transformers":
+        return [adapter.model.config.id2label[i] for i in range(adapter.num_classes)]
+    return adapter.model.pretrained_cfg.get("label_names")
