@@ -170,8 +170,9 @@ class TimmAdapter(ClassifierAdapter):
 
     @property
     def input_size(self) -> tuple[int, int]:
-        size = self.model.pretrained_cfg.get("input_size", (3, 224, 224))
-        return int(size[-2]), int(size[-1])
+        fixed = getattr(getattr(self.model, "patch_embed", None), "img_size", None)  # ViT/Swin: a fixed size
+        size = fixed or self.model.pretrained_cfg.get("input_size", (3, 224, 224))[-2:]
+        return int(size[0]), int(size[1])
 
     @property
     def num_stages(self) -> int:
@@ -504,5 +505,6 @@ def _offline_error(name: str, err: Exception) -> Exception:
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
     hint = (" HF_HUB_OFFLINE is set, so only local folders and the local cache are used."
             if offline else " Check the name, your network and your token.")
-    return ValueError(f"Could not load model '{name}': {type(err).__name__}: {err}.{hint} To train without "
+    detail = " ".join(str(err).split())  # one paragraph
+    return ValueError(f"Could not load model '{name}': {type(err).__name__}: {detail}{hint} To train without "
                       "downloading anything, use --model_type (transformers) or --timm_model (timm) instead.")

@@ -22,7 +22,7 @@ def save_mix_grid(mix: dict[str, torch.Tensor], path: str, mean=None, std=None) 
     from torchvision.utils import save_image
 
     sources, mixes = mix["sources"], mix["mixes"]
-    rows = torch.cat([*sources, mixes[None]], dim=0)  # (N + 1, k, C, H, W)
+    rows = torch.cat([sources, mixes[None]], dim=0)  # (N + 1, k, C, H, W)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_image(denormalize(rows.flatten(0, 1), mean, std), path, nrow=rows.shape[1], padding=2, pad_value=1.0)
     return path

@@ -1,0 +1,794 @@
+"""Image datasets for training: loading (Hub, local folders, parquet, the embedded default), transforms, collation.
+
+The usual sequence, as in transformers' `run_image_classification.py`::
+
+    data = load_image_datasets(data_args)                       # splits, columns, integer labels
+    info = resolve_transform_info(data, data_args, image_size=224)
+    train_tf, eval_tf = build_transforms(info.recipe, info.size, info.mean, info.std)
+    data = apply_transforms(data, train_tf, eval_tf)            # rows -> {"pixel_values", "labels"}
+    processor = make_image_processor(info)                      # the eval transform, for pipeline()
+
+With no data argument at all, `load_image_datasets` returns the embedded default: scikit-learn's
+handwritten digits as 32x32 RGB images, for demos and tests.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import datasets
+import numpy as np
+import PIL.Image
+import torch
+from torchvision.transforms import v2
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DataTrainingArguments",
+    "ImageData",
+    "TransformInfo",
+    "apply_transforms",
+    "build_transforms",
+    "collate_fn",
+    "compute_mean_std",
+    "decode_image",
+    "load_digits_dataset",
+    "load_image_datasets",
+    "make_image_processor",
+    "resolve_transform_info",
+    "to_rgb",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_COLUMN_CANDIDATES = ("image", "img")
+LABEL_COLUMN_CANDIDATES = ("label", "labels", "fine_label")
+VALIDATION_SPLIT_NAMES = ("validation", "valid", "val", "test")
+FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}
+# Each row's index in the split it was loaded from, so that an undecodable image can be named by row.
+ROW_COLUMN = "__row__"
+SMALL_IMAGE_MAX_SIDE = 64  # "auto" picks the CIFAR recipe at or below this size, the ImageNet one above
+EVAL_CROP_PCT = 0.875  # ImageNet eval: resize to size / 0.875, then centre-crop size
+
+Recipe = Literal["cifar", "imagenet", "none"]
+
+
+@dataclass
+class DataTrainingArguments:
+    """Which data to train and evaluate on, and how to transform it.
+
+    Give at most one source: `dataset_name`, `train_dir` (+ `validation_dir`) or `train_file`
+    (+ `validation_file`). With none, the embedded digits dataset is used.
+    """
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "A dataset on the Hub (e.g. 'uoft-cs/cifar10'), or a local folder: one written by "
+            "`save_to_disk`, or one `load_dataset` understands (e.g. a folder of parquet files)."
+        },
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "The configuration name of the dataset (via `load_dataset`)."}
+    )
+    train_dir: str | None = field(
+        default=None,
+        metadata={"help": "A folder of training images laid out as <train_dir>/<class>/<image>."},
+    )
+    validation_dir: str | None = field(
+        default=None,
+        metadata={"help": "A folder of validation images laid out as <validation_dir>/<class>/<image>."},
+    )
+    train_file: str | None = field(
+        default=None,
+        metadata={"help": "A .parquet (or .csv/.json/.jsonl with image paths) file of training rows."},
+    )
+    validation_file: str | None = field(
+        default=None, metadata={"help": "A file of validation rows, same format as --train_file."}
+    )
+    train_val_split: float = field(
+        default=0.15,
+        metadata={
+            "help": "Fraction of the training split held out for validation when there is no validation split."
+        },
+    )
+    max_train_samples: int | None = field(
+        default=None,
+        metadata={"help": "Keep only this many (shuffled) training rows, for debugging or quick runs."},
+    )
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={"help": "Keep only this many (shuffled) validation rows, for debugging or quick runs."},
+    )
+    image_column_name: str | None = field(
+        default=None,
+        metadata={"help": "The column holding the images. Default: 'image' or 'img', whichever exists."},
+    )
+    label_column_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "The column holding the labels. Default: 'label', 'labels' or 'fine_label', whichever exists."
+        },
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Side of the square training images. Default: the model's input size, else the recipe's."
+        },
+    )
+    transform_recipe: Literal["auto", "cifar", "imagenet", "none"] = field(
+        default="auto",
+        metadata={
+            "help": "Augmentation and normalisation. 'cifar': pad-4 reflect crop + flip, dataset mean/std; "
+            "'imagenet': random resized crop + flip, ImageNet mean/std, resize + centre crop for eval; "
+            "'none': resize only. 'auto': 'cifar' for images of at most 64 px, else 'imagenet'."
+        },
+    )
+
+    def __post_init__(self):
+        sources = [f"--{n} {v!r}" for n, v in self._sources().items() if v is not None]
+        if len(sources) > 1:
+            raise ValueError(
+                f"Give one data source, got {len(sources)}: {', '.join(sources)}. Use --dataset_name for a Hub or "
+                "local dataset, --train_dir for an image folder, or --train_file for a parquet file."
+            )
+        for train_arg, val_arg in (("train_dir", "validation_dir"), ("train_file", "validation_file")):
+            if getattr(self, val_arg) is not None and getattr(self, train_arg) is None:
+                raise ValueError(
+                    f"--{val_arg} {getattr(self, val_arg)!r} was given without --{train_arg}; a validation "
+                    f"set needs a training set from the same kind of source (set --{train_arg})."
+                )
+        for arg in ("train_dir", "validation_dir"):
+            path = getattr(self, arg)
+            if path is not None and not os.path.isdir(path):
+                raise FileNotFoundError(f"--{arg} {path!r} is not an existing directory.")
+        for arg in ("train_file", "validation_file"):
+            path = getattr(self, arg)
+            if path is None:
+                continue
+            ext = os.path.splitext(path)[1].lower()
+            if ext not in FILE_BUILDERS:
+                raise ValueError(
+                    f"--{arg} {path!r} has an unsupported extension {ext!r}; expected one of {sorted(FILE_BUILDERS)}."
+                )
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"--{arg} {path!r} is not an existing file.")
+        if self.train_file and self.validation_file:
+            exts = {
+                FILE_BUILDERS[os.path.splitext(p)[1].lower()] for p in (self.train_file, self.validation_file)
+            }
+            if len(exts) > 1:
+                raise ValueError(
+                    f"--train_file {self.train_file!r} and --validation_file {self.validation_file!r} must have "
+                    "the same format."
+                )
+        if not 0.0 < self.train_val_split < 1.0:
+            raise ValueError(f"--train_val_split must be in (0, 1), got {self.train_val_split}.")
+        for arg in ("max_train_samples", "max_eval_samples", "image_size"):
+            value = getattr(self, arg)
+            if value is not None and value < 1:
+                raise ValueError(f"--{arg} must be a positive integer, got {value}.")
+        if self.transform_recipe not in ("auto", "cifar", "imagenet", "none"):
+            raise ValueError(
+                f"--transform_recipe must be one of 'auto', 'cifar', 'imagenet', 'none'; got {self.transform_recipe!r}."
+            )
+
+    def _sources(self) -> dict[str, str | None]:
+        return {"dataset_name": self.dataset_name, "train_dir": self.train_dir, "train_file": self.train_file}
+
+
+@dataclass
+class ImageData:
+    """Train and validation splits with integer labels 0..K-1.
+
+    Besides the image and label columns, each split carries `__row__`, the row's index in the split it was
+    loaded from, so that decoding errors can name the row.
+
+    Attributes:
+        train: the training split.
+        validation: the validation split.
+        image_column: name of the image column.
+        label_column: name of the label column (a `ClassLabel`).
+        labels: class names; the index is the class id.
+        source: a human description of where the data came from.
+    """
+
+    train: datasets.Dataset
+    validation: datasets.Dataset
+    image_column: str
+    label_column: str
+    labels: list[str]
+    source: str
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.labels))
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.labels)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------
+
+
+def load_digits_dataset() -> tuple[datasets.Dataset, datasets.Dataset]:
+    """scikit-learn's handwritten digits as a 32x32 RGB image dataset, in memory.
+
+    The 8x8 images (values 0..16) are scaled to 0..255 and enlarged with nearest-neighbour resampling. The
+    split is fixed and stratified: `train_test_split(test_size=0.2, stratify=y, random_state=0)`.
+
+    Returns:
+        `(train, validation)` with columns `image` (`Image`), `label` (`ClassLabel` "0".."9") and `__row__`.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    pixels = (digits.images * 255 / 16).astype(np.uint8)
+    images = [PIL.Image.fromarray(a).convert("RGB").resize((32, 32), PIL.Image.NEAREST) for a in pixels]
+    indices = np.arange(len(images))
+    train_idx, val_idx = train_test_split(indices, test_size=0.2, stratify=digits.target, random_state=0)
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "label": datasets.ClassLabel(names=[str(i) for i in range(10)]),
+            ROW_COLUMN: datasets.Value("int64"),
+        }
+    )
+
+    def make(idx: np.ndarray) -> datasets.Dataset:
+        columns = {
+            "image": [images[i] for i in idx],
+            "label": digits.target[idx].tolist(),
+            ROW_COLUMN: range(len(idx)),
+        }
+        return datasets.Dataset.from_dict({k: list(v) for k, v in columns.items()}, features=features)
+
+    return make(train_idx), make(val_idx)
+
+
+def load_image_datasets(
+    data_args: DataTrainingArguments,
+    cache_dir: str | None = None,
+    token: str | bool | None = None,
+    seed: int = 42,
+) -> ImageData:
+    """Loads the train and validation splits that `data_args` names, with integer labels.
+
+    Sources, in order: `dataset_name` (a `save_to_disk` folder, another local folder, or a Hub id),
+    `train_dir`/`validation_dir` (image folders), `train_file`/`validation_file`, else the embedded digits.
+    The validation split is the first of "validation", "valid", "val", "test" that exists; without one,
+    `train_val_split` of the training rows are held out (stratified by label where possible).
+
+    Args:
+        data_args: the data arguments.
+        cache_dir: where `load_dataset` caches downloads and prepared files.
+        token: Hub token, for private datasets.
+        seed: seed of the held-out split and of the `max_*_samples` shuffles.
+
+    Returns:
+        The splits, column names, class names and a description of the source.
+    """
+    splits, source = _load_splits(data_args, cache_dir, token)
+    if "train" not in splits:
+        raise ValueError(f"The dataset from {source} has no 'train' split; its splits are {sorted(splits)}.")
+    val_name = next((name for name in VALIDATION_SPLIT_NAMES if name in splits), None)
+    train = splits["train"]
+    image_col = _find_column(train, data_args.image_column_name, IMAGE_COLUMN_CANDIDATES, "image", "train")
+    label_col = _find_column(train, data_args.label_column_name, LABEL_COLUMN_CANDIDATES, "label", "train")
+    used = {"train": train}
+    if val_name is not None:
+        for column, kind in ((image_col, "image"), (label_col, "label")):
+            _find_column(splits[val_name], column, (), kind, val_name)
+        used["validation"] = splits[val_name]
+    used = {name: _prepare_image_column(ds, image_col, name) for name, ds in used.items()}
+    used, labels = _encode_labels(used, label_col)
+    used = {
+        name: ds if ROW_COLUMN in ds.column_names else ds.add_column(ROW_COLUMN, np.arange(len(ds)))
+        for name, ds in used.items()
+    }
+    if _has_unlabelled_rows(used["train"], label_col):
+        raise ValueError(
+            f"The 'train' split of {source} has unlabelled rows (label -1 in column {label_col!r})."
+        )
+    if "validation" in used and _has_unlabelled_rows(used["validation"], label_col):
+        logger.warning(
+            "The '%s' split has unlabelled rows (label -1); holding out %g of the training split instead.",
+            val_name,
+            data_args.train_val_split,
+        )
+        del used["validation"]
+
+    train = used["train"]
+    if "validation" in used:
+        validation = used["validation"]
+    else:
+        train, validation = _hold_out(train, data_args.train_val_split, label_col, seed)
+        source += f" (validation: {data_args.train_val_split:g} of the training split)"
+    if data_args.max_train_samples is not None and data_args.max_train_samples < len(train):
+        train = train.shuffle(seed=seed).select(range(data_args.max_train_samples))
+    if data_args.max_eval_samples is not None and data_args.max_eval_samples < len(validation):
+        validation = validation.shuffle(seed=seed).select(range(data_args.max_eval_samples))
+    logger.info(
+        "Loaded %s: %d train / %d validation rows, %d classes.",
+        source,
+        len(train),
+        len(validation),
+        len(labels),
+    )
+    return ImageData(train, validation, image_col, label_col, labels, source)
+
+
+def _load_splits(
+    args: DataTrainingArguments, cache_dir: str | None, token: str | bool | None
+) -> tuple[dict[str, datasets.Dataset], str]:
+    """Loads the raw splits of whichever source `args` names, and describes the source."""
+    if args.dataset_name is not None:
+        return _load_named(args.dataset_name, args.dataset_config_name, cache_dir, token)
+    if args.train_dir is not None:
+        data_files = {"train": os.path.join(args.train_dir, "**")}
+        if args.validation_dir is not None:
+            data_files["validation"] = os.path.join(args.validation_dir, "**")
+        layout = "expected images laid out as <dir>/<class>/<image>"
+        for arg in ("train_dir", "validation_dir"):
+            folder = getattr(args, arg)
+            if folder is not None and not any(files for _, _, files in os.walk(folder)):
+                raise FileNotFoundError(f"--{arg} {folder!r} contains no files; {layout}.")
+        ds = datasets.load_dataset("imagefolder", data_files=data_files, cache_dir=cache_dir)
+        if args.label_column_name is None and "label" not in ds["train"].column_names:
+            raise ValueError(
+                f"--train_dir {args.train_dir!r} gave no labels: its images are not in one sub-folder per class; "
+                f"{layout}."
+            )
+        return dict(ds), f"image folder {args.train_dir!r}"
+    if args.train_file is not None:
+        data_files = {"train": args.train_file}
+        if args.validation_file is not None:
+            data_files["validation"] = args.validation_file
+        builder = FILE_BUILDERS[os.path.splitext(args.train_file)[1].lower()]
+        ds = datasets.load_dataset(builder, data_files=data_files, cache_dir=cache_dir)
+        return dict(ds), f"{builder} file {args.train_file!r}"
+    train, validation = load_digits_dataset()
+    logger.warning(
+        "No dataset given: using the embedded default, scikit-learn's handwritten digits (%d train / %d "
+        "validation, 32x32 RGB). Pass --dataset_name, --train_dir or --train_file to train on your data.",
+        len(train),
+        len(validation),
+    )
+    return {"train": train, "validation": validation}, "scikit-learn's handwritten digits (embedded default)"
+
+
+def _load_named(
+    name: str, config: str | None, cache_dir: str | None, token: str | bool | None
+) -> tuple[dict[str, datasets.Dataset], str]:
+    """`dataset_name`: a `save_to_disk` folder, a folder `load_dataset` reads, or a Hub id."""
+    path = os.path.expanduser(name)
+    if os.path.isdir(path):
+        saved = any(
+            os.path.isfile(os.path.join(path, f))
+            for f in (datasets.config.DATASETDICT_JSON_FILENAME, "state.json")
+        )
+        if saved:
+            ds = datasets.load_from_disk(path)
+            source = f"dataset saved on disk at {name!r}"
+        else:
+            ds = datasets.load_dataset(path, config, cache_dir=cache_dir)
+            source = f"local dataset folder {name!r}"
+        return ({"train": ds} if isinstance(ds, datasets.Dataset) else dict(ds)), source
+    if name.startswith((".", "/", "~")) or os.path.isabs(name):
+        raise FileNotFoundError(
+            f"--dataset_name {name!r} looks like a local path but is not an existing directory."
+        )
+    try:
+        ds = datasets.load_dataset(name, config, cache_dir=cache_dir, token=token)
+    except Exception as err:  # datasets raises ConnectionError, DatasetNotFoundError, HTTP errors, ...
+        offline = datasets.config.HF_HUB_OFFLINE
+        cause = (
+            "HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set, so only datasets already in the cache can be loaded"
+            if offline
+            else "the likely cause is no network access, a misspelt name, or a private dataset without a token"
+        )
+        raise FileNotFoundError(
+            f"Could not load dataset {name!r} (config {config!r}) from the Hugging Face Hub: {cause}. "
+            f"Use a local folder (--dataset_name <dir>, --train_dir or --train_file) or run with network access. "
+            f"The error was: {type(err).__name__}: {err}"
+        ) from err
+    return ({"train": ds} if isinstance(ds, datasets.Dataset) else dict(ds)), f"Hub dataset {name!r}"
+
+
+def _find_column(
+    ds: datasets.Dataset, given: str | None, candidates: tuple[str, ...], kind: str, split: str
+) -> str:
+    """The name of the image/label column: `given` if set, else the first of `candidates` present."""
+    columns = [c for c in ds.column_names if c != ROW_COLUMN]
+    if given is not None:
+        if given in columns:
+            return given
+        raise ValueError(
+            f"The {kind} column {given!r} is not in the '{split}' split; its columns are {columns}. "
+            f"Set --{kind}_column_name to one of them."
+        )
+    for name in candidates:
+        if name in columns:
+            return name
+    raise ValueError(
+        f"Could not find the {kind} column in the '{split}' split: none of {list(candidates)} is among its "
+        f"columns {columns}. Set --{kind}_column_name to the column that holds the {kind}s."
+    )
+
+
+def _prepare_image_column(ds: datasets.Dataset, column: str, split: str) -> datasets.Dataset:
+    """Makes `column` an `Image` feature; a string column is read as image file paths."""
+    feature = ds.features[column]
+    if isinstance(feature, datasets.Image):
+        return ds
+    if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+        return ds.cast_column(column, datasets.Image())
+    raise ValueError(
+        f"The image column {column!r} of the '{split}' split has feature {feature}; expected an Image feature "
+        "or a string column of image file paths. Set --image_column_name to the image column."
+    )
+
+
+def _encode_labels(
+    splits: dict[str, datasets.Dataset], column: str
+) -> tuple[dict[str, datasets.Dataset], list[str]]:
+    """Makes `column` a `ClassLabel` with the same names in every split; returns the splits and names."""
+    features = [ds.features[column] for ds in splits.values()]
+    if all(isinstance(f, datasets.ClassLabel) for f in features) and all(
+        f.names == features[0].names for f in features
+    ):
+        names = list(features[0].names)
+    else:
+        # Values (ints, strings, or ClassLabel names that differ between splits) -> sorted class list.
+        def values(ds: datasets.Dataset) -> list[Any]:
+            feature = ds.features[column]
+            raw = list(ds[column])
+            return feature.int2str(raw) if isinstance(feature, datasets.ClassLabel) else raw
+
+        per_split = {name: values(ds) for name, ds in splits.items()}
+        classes = {v for vals in per_split.values() for v in vals}
+        if None in classes:
+            raise ValueError(f"The label column {column!r} has missing values; every row needs a label.")
+        numeric = all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in classes)
+        classes = sorted(classes) if numeric else sorted(classes, key=str)
+        names = [str(v) for v in classes]
+        index = {v: i for i, v in enumerate(classes)}
+        label_feature = datasets.ClassLabel(names=names)
+        splits = {
+            name: ds.remove_columns(column).add_column(
+                column, [index[v] for v in per_split[name]], feature=label_feature
+            )
+            for name, ds in splits.items()
+        }
+    if len(names) < 2:
+        raise ValueError(
+            f"The label column {column!r} has {len(names)} class(es) ({names}); classification needs at least 2. "
+            "Check --label_column_name."
+        )
+    return splits, names
+
+
+def _has_unlabelled_rows(ds: datasets.Dataset, column: str) -> bool:
+    return len(ds) > 0 and min(ds.unique(column)) < 0
+
+
+def _hold_out(
+    train: datasets.Dataset, fraction: float, label_col: str, seed: int
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Splits `fraction` of `train` off as validation, stratified by label when every class allows it."""
+    try:
+        parts = train.train_test_split(test_size=fraction, stratify_by_column=label_col, seed=seed)
+    except ValueError as err:  # e.g. a class with a single row cannot be stratified
+        logger.warning(
+            "Could not stratify the validation split by %r (%s); splitting at random.", label_col, err
+        )
+        parts = train.train_test_split(test_size=fraction, seed=seed)
+    return parts["train"], parts["test"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Decoding
+# ----------------------------------------------------------------------------------------------------------
+
+
+def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """Converts any PIL mode to RGB: transparency is composited on white, 16-bit and float grey is rescaled."""
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I") or image.mode == "F":
+        # PIL's own convert("RGB") clips 16-bit values at 255, which turns most images white.
+        arr = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16") or arr.max() > 255:
+            arr = arr / 257.0
+        elif image.mode == "F" and arr.max() <= 1.0:
+            arr = arr * 255.0
+        return PIL.Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info
+    ):
+        rgba = image.convert("RGBA")
+        white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return PIL.Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, ...
+
+
+def decode_image(value: Any, row: int | None = None) -> PIL.Image.Image:
+    """Decodes one stored image (an `Image(decode=False)` dict, a path or a PIL image) to RGB.
+
+    Args:
+        value: `{"bytes": ..., "path": ...}`, a file path, or a PIL image.
+        row: the row's index, used to name the image in errors when it has no file path.
+
+    Raises:
+        ValueError: naming the file or row when the image cannot be decoded.
+    """
+    if isinstance(value, PIL.Image.Image):
+        return to_rgb(value)
+    if isinstance(value, (str, os.PathLike)):
+        value = {"path": os.fspath(value), "bytes": None}
+    data, path = value.get("bytes"), value.get("path")
+    if data is None and path:
+        where = f"file {path!r}"
+    else:
+        where = f"at row {row}" if row is not None else "in an unnamed row"
+        where += f" ({path!r})" if path else ""
+    try:
+        image = PIL.Image.open(io.BytesIO(data) if data is not None else path)
+        image.load()  # decode now, so truncated files fail here rather than inside the transform
+        return to_rgb(image)
+    except (OSError, ValueError, SyntaxError, TypeError) as err:
+        raise ValueError(
+            f"Could not decode image {where}: {type(err).__name__}: {err}. Remove or replace this image."
+        ) from err
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Transforms
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TransformInfo:
+    """What the transforms do, enough to rebuild them or to export a matching image processor.
+
+    Attributes:
+        recipe: "cifar", "imagenet" or "none" (never "auto").
+        size: side of the square output images.
+        mean: per-channel normalisation mean, in [0, 1] units.
+        std: per-channel normalisation std, in [0, 1] units.
+    """
+
+    recipe: Recipe
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def compute_mean_std(
+    dataset: datasets.Dataset, image_column: str, max_images: int = 2000, seed: int = 0
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Per-channel mean and std of the RGB pixels of up to `max_images` images, in [0, 1] units.
+
+    Every pixel counts once, so larger images weigh more. A random sample (seeded) is used when the
+    dataset has more than `max_images` rows.
+    """
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("Cannot compute the mean/std of an empty dataset.")
+    if n > max_images:
+        indices = np.sort(np.random.default_rng(seed).choice(n, size=max_images, replace=False))
+    else:
+        indices = np.arange(n)
+    raw = dataset.with_format(None).cast_column(image_column, datasets.Image(decode=False)).select(indices)
+    rows = raw[ROW_COLUMN] if ROW_COLUMN in raw.column_names else indices.tolist()
+    total, total_sq, count = np.zeros(3), np.zeros(3), 0
+    for value, row in zip(raw[image_column], rows):
+        pixels = np.asarray(decode_image(value, row), dtype=np.float64).reshape(-1, 3) / 255.0
+        total += pixels.sum(axis=0)
+        total_sq += (pixels**2).sum(axis=0)
+        count += len(pixels)
+    mean = total / count
+    # A constant channel would divide by zero; 1e-3 keeps it finite (such a channel carries no signal).
+    std = np.maximum(np.sqrt(np.maximum(total_sq / count - mean**2, 0.0)), 1e-3)
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def resolve_transform_info(
+    image_data: ImageData,
+    data_args: DataTrainingArguments,
+    image_size: int | None = None,
+    image_mean: tuple[float, ...] | None = None,
+    image_std: tuple[float, ...] | None = None,
+    seed: int = 0,
+) -> TransformInfo:
+    """Decides the recipe, size and normalisation of the transforms.
+
+    Recipe: `data_args.transform_recipe`; "auto" is "cifar" when the first training image's larger side is at
+    most 64 px, else "imagenet". Size: `data_args.image_size`, else `image_size` (the model's input size),
+    else the first image's larger side ("cifar"/"none") or 224 ("imagenet"). Mean/std: `image_mean`/`image_std`
+    when given (e.g. a pretrained model's), else the dataset's own (`compute_mean_std`, "cifar"), ImageNet's
+    ("imagenet"), or none at all (0 and 1, "none").
+
+    Args:
+        image_data: the loaded splits (before `apply_transforms`).
+        data_args: the data arguments.
+        image_size: the model's input size, if it has one.
+        image_mean: normalisation mean to use instead of the recipe's.
+        image_std: normalisation std to use instead of the recipe's.
+        seed: seed of the image sample for the dataset mean/std.
+    """
+    if (image_mean is None) != (image_std is None):
+        raise ValueError("Give both image_mean and image_std, or neither.")
+    for name, value in (("image_mean", image_mean), ("image_std", image_std)):
+        if value is not None and len(value) != 3:
+            raise ValueError(f"Expected {name} to have 3 values (RGB), got {value!r}.")
+    first = image_data.train.with_format(None).cast_column(
+        image_data.image_column, datasets.Image(decode=False)
+    )[0]
+    max_side = max(decode_image(first[image_data.image_column], first.get(ROW_COLUMN)).size)
+    recipe = data_args.transform_recipe
+    if recipe == "auto":
+        recipe = "cifar" if max_side <= SMALL_IMAGE_MAX_SIDE else "imagenet"
+    size = data_args.image_size or image_size or (224 if recipe == "imagenet" else max_side)
+    if image_mean is not None:
+        mean, std = tuple(map(float, image_mean)), tuple(map(float, image_std))
+    elif recipe == "cifar":
+        mean, std = compute_mean_std(image_data.train, image_data.image_column, seed=seed)
+    elif recipe == "imagenet":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    info = TransformInfo(recipe=recipe, size=int(size), mean=mean, std=std)
+    logger.info("Transforms: %s", info)
+    return info
+
+
+def build_transforms(
+    recipe: Recipe, size: int, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[v2.Compose, v2.Compose]:
+    """Train and eval transforms from an RGB PIL image to a normalised float tensor (3, size, size).
+
+    - "cifar": train = resize to size x size if needed, `RandomCrop(size, padding=4, padding_mode="reflect")`,
+      horizontal flip; eval = resize to size x size if needed.
+    - "imagenet": train = `RandomResizedCrop(size)`, horizontal flip; eval = resize the short side to
+      `int(size / 0.875)`, centre-crop size.
+    - "none": resize to size x size if needed, for both.
+
+    Geometry runs on uint8 tensors (antialiased bilinear), the same arithmetic as transformers' torchvision
+    image processors, so `make_image_processor` reproduces the eval transform.
+    """
+    if recipe not in ("cifar", "imagenet", "none"):
+        raise ValueError(f"Expected recipe 'cifar', 'imagenet' or 'none', got {recipe!r}.")
+    if size < 1:
+        raise ValueError(f"Expected a positive image size, got {size}.")
+    finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+    square = v2.Resize((size, size))  # a no-op on images already size x size
+    if recipe == "cifar":
+        train = [square, v2.RandomCrop(size, padding=4, padding_mode="reflect"), v2.RandomHorizontalFlip()]
+        evaluation = [square]
+    elif recipe == "imagenet":
+        train = [v2.RandomResizedCrop(size), v2.RandomHorizontalFlip()]
+        evaluation = [v2.Resize(int(size / EVAL_CROP_PCT)), _CenterCrop(size)]
+    else:
+        train = evaluation = [square]
+    return v2.Compose([v2.ToImage(), *train, *finish]), v2.Compose([v2.ToImage(), *evaluation, *finish])
+
+
+class _CenterCrop(torch.nn.Module):
+    """Centre crop whose offset rounds down, as in transformers' image processors.
+
+    `v2.CenterCrop` rounds a half-pixel offset to even instead; we write our own so that the exported image
+    processor gives exactly the eval pixels.
+    """
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        top, left = int((height - self.size) / 2.0), int((width - self.size) / 2.0)
+        return v2.functional.crop(image, top, left, self.size, self.size)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
+
+
+class _BatchTransform:
+    """The `with_transform` function: decodes, converts to RGB, transforms; a class so that it pickles."""
+
+    def __init__(self, transform, image_column: str, label_column: str):
+        self.transform, self.image_column, self.label_column = transform, image_column, label_column
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        images = batch[self.image_column]
+        rows = batch.get(ROW_COLUMN) or [None] * len(images)
+        pixel_values = [
+            self.transform(decode_image(value, row)).as_subclass(torch.Tensor)
+            for value, row in zip(images, rows)
+        ]
+        return {"pixel_values": pixel_values, "labels": list(batch[self.label_column])}
+
+
+def apply_transforms(image_data: ImageData, train_tf, eval_tf) -> ImageData:
+    """Sets on-the-fly transforms: each row of the returned splits is `{"pixel_values", "labels"}`.
+
+    Images are decoded here (not by `datasets`) so that an undecodable one raises a ValueError naming its file
+    or row. Train with `remove_unused_columns=False`: Trainer would otherwise drop the image column before the
+    transform sees it.
+
+    Returns:
+        A copy of `image_data` whose `train` uses `train_tf` and `validation` uses `eval_tf`.
+    """
+    image_col, label_col = image_data.image_column, image_data.label_column
+
+    def with_tf(ds: datasets.Dataset, tf) -> datasets.Dataset:
+        columns = [c for c in (image_col, label_col, ROW_COLUMN) if c in ds.column_names]
+        raw = ds.cast_column(image_col, datasets.Image(decode=False))
+        return raw.with_transform(_BatchTransform(tf, image_col, label_col), columns=columns)
+
+    return replace(
+        image_data,
+        train=with_tf(image_data.train, train_tf),
+        validation=with_tf(image_data.validation, eval_tf),
+    )
+
+
+def collate_fn(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stacks `{"pixel_values", "labels"}` rows into a float (B, 3, H, W) and a long (B,) tensor."""
+    return {
+        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+        "labels": torch.tensor([int(e["labels"]) for e in examples], dtype=torch.long),
+    }
+
+
+def make_image_processor(info: TransformInfo):
+    """A transformers image processor that reproduces the eval transform, for `pipeline("image-classification")`.
+
+    - "cifar" / "none": `ViTImageProcessor` resizing to size x size (bilinear).
+    - "imagenet": `ConvNextImageProcessor(size={"shortest_edge": size}, crop_pct=0.875)`, which for sizes
+      below 384 resizes the short side to `int(size / 0.875)` and centre-crops size; for 384 and above it
+      would warp to size x size instead, so there a `ViTImageProcessor` with short-side resize and centre
+      crop is used.
+    """
+    from transformers import ConvNextImageProcessor, ViTImageProcessor
+    from transformers.image_utils import PILImageResampling
+
+    common = {
+        "resample": PILImageResampling.BILINEAR,  # torchvision's Resize default
+        "do_rescale": True,
+        "do_normalize": True,
+        "image_mean": list(info.mean),
+        "image_std": list(info.std),
+    }
+    size = info.size
+    if info.recipe in ("cifar", "none"):
+        return ViTImageProcessor(do_resize=True, size={"height": size, "width": size}, **common)
+    if info.recipe != "imagenet":
+        raise ValueError(f"Expected recipe 'cifar', 'imagenet' or 'none', got {info.recipe!r}.")
+    if size < 384:
+        return ConvNextImageProcessor(
+            do_resize=True, size={"shortest_edge": size}, crop_pct=EVAL_CROP_PCT, **common
+        )
+    return ViTImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": int(size / EVAL_CROP_PCT)},
+        do_center_crop=True,
+        crop_size={"height": size, "width": size},
+        **common,
+    )

@@ -1,0 +1,48 @@
+"""Shared fixtures: everything offline, tiny random-init models, small data."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+TINY_RESNET = "embedding_size=8,hidden_sizes=[8,8,16,16],depths=[1,1,1,1],layer_type=basic"
+TINY_CONVNEXT = "hidden_sizes=[8,8,16,16],depths=[1,1,1,1]"
+TINY_SWIN = "embed_dim=8,depths=[1,1,1,1],num_heads=[1,1,1,1],window_size=2"
+TIMM_TINY = {
+    "resnet18": "layers=[1,1,1,1]",
+    "resnext50_32x4d": "layers=[1,1,1,1]",
+    "convnext_atto": "depths=[1,1,1,1],dims=[8,16,32,64]",
+    "swin_tiny_patch4_window7_224": "embed_dim=8,depths=[1,1,1,1],num_heads=[1,1,1,1],window_size=2",
+}
+
+# (model kwargs for build_model, input size) for every supported family, all tiny.
+FAMILIES = {
+    "hf_resnet": (dict(model_type="resnet", config_overrides=TINY_RESNET, cifar_stem=True), 32),
+    "hf_convnext": (dict(model_type="convnext", config_overrides=TINY_CONVNEXT, cifar_stem=True), 32),
+    "hf_swin": (dict(model_type="swin", config_overrides=TINY_SWIN, image_size=64), 64),
+    "timm_resnet": (dict(timm_model="resnet18", config_overrides=TIMM_TINY["resnet18"], cifar_stem=True), 32),
+    "timm_resnext": (dict(timm_model="resnext50_32x4d", config_overrides=TIMM_TINY["resnext50_32x4d"],
+                          cifar_stem=True), 32),
+    "timm_convnext": (dict(timm_model="convnext_atto", config_overrides=TIMM_TINY["convnext_atto"],
+                           cifar_stem=True), 32),
+    "timm_swin": (dict(timm_model="swin_tiny_patch4_window7_224",
+                       config_overrides=TIMM_TINY["swin_tiny_patch4_window7_224"], image_size=64), 64),
+}
+
+
+def make_model(family: str, num_labels: int = 4):
+    from hf_adautomix.backbones import build_model
+
+    kwargs, size = FAMILIES[family]
+    torch.manual_seed(0)
+    return build_model(num_labels=num_labels, id2label={i: f"c{i}" for i in range(num_labels)}, **kwargs), size
+
+
+@pytest.fixture(autouse=True)
+def _isolated_hf_home(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf_home"))

@@ -1,0 +1,123 @@
+"""Classifier adapters: every model family, stage taps, heads, native export, bad input."""
+
+import json
+
+import pytest
+import torch
+from conftest import FAMILIES, make_model
+from torch import nn
+
+from hf_adautomix.backbones import build_model, parse_config_overrides, wrap_classifier
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+class TestAdapters:
+    def test_stage_map_is_nchw_and_strided(self, family):
+        model, size = make_model(family)
+        adapter = wrap_classifier(model).eval()
+        x = torch.randn(2, 3, size, size)
+        feats = adapter.forward_features(x, stage=3)
+        assert feats.logits.shape == (2, 4)
+        assert feats.stage_map.ndim == 4 and feats.stage_map.shape[0] == 2
+        assert feats.stage_map.shape[1] == adapter.stage_channels(3)
+        h, w = feats.stage_map.shape[-2:]
+        assert size % h == 0 and size // h == size // w  # the mask upsampling factor is the feature stride
+        # the head applied to the pooled features gives the model's own logits
+        torch.testing.assert_close(adapter.head(feats.pooled), feats.logits)
+        torch.testing.assert_close(adapter(x), feats.logits)
+
+    def test_new_head_matches_shape_and_is_fresh(self, family):
+        model, size = make_model(family)
+        adapter = wrap_classifier(model)
+        head = adapter.new_head()
+        linear = [m for m in head.modules() if isinstance(m, nn.Linear)][0]
+        assert linear.weight.std() < 0.02 and torch.all(linear.bias == 0)
+        pooled = adapter.forward_features(torch.randn(2, 3, size, size)).pooled
+        assert head(pooled).shape == (2, 4)
+
+    def test_native_export_round_trip(self, family, tmp_path):
+        import timm
+        from transformers import AutoModelForImageClassification
+
+        model, size = make_model(family)
+        adapter = wrap_classifier(model).eval()
+        adapter.save_native(str(tmp_path), label_names=["a", "b", "c", "d"])
+        if adapter.family == "timm":
+            loaded = timm.create_model("local-dir:" + str(tmp_path), pretrained=True)
+            assert json.loads((tmp_path / "config.json").read_text())["label_names"] == ["a", "b", "c", "d"]
+        else:
+            loaded = AutoModelForImageClassification.from_pretrained(str(tmp_path))
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            torch.testing.assert_close(wrap_classifier(loaded).eval()(x), adapter(x))
+
+    def test_mix_at_stage_hook(self, family):
+        model, size = make_model(family)
+        adapter = wrap_classifier(model).eval()
+        x = torch.randn(3, 3, size, size)
+        base = adapter(x)
+        with adapter.mix_at_stage(1, lambda h: h * 0):
+            zeroed = adapter(x)
+        assert not torch.allclose(base, zeroed)
+        torch.testing.assert_close(adapter(x), base)  # the hook is gone afterwards
+
+
+def test_cifar_stem_keeps_resolution():
+    model, _ = make_model("timm_resnet")
+    fmap = wrap_classifier(model).forward_features(torch.randn(2, 3, 32, 32), stage=3).stage_map
+    assert fmap.shape[-2:] == (8, 8)  # layer3 of the CIFAR variant at 32x32, as in the paper
+    model, _ = make_model("hf_resnet")
+    fmap = wrap_classifier(model).forward_features(torch.randn(2, 3, 32, 32), stage=3).stage_map
+    assert fmap.shape[-2:] == (8, 8)
+
+
+def test_hf_cifar_resnet_exports_remote_code_free_with_package(tmp_path):
+    from transformers import AutoConfig
+
+    model, _ = make_model("hf_resnet")
+    wrap_classifier(model).save_native(str(tmp_path))
+    assert AutoConfig.from_pretrained(str(tmp_path)).model_type == "cifar_resnet"
+
+
+def test_soft_labels_never_reach_hf_model():
+    model, _ = make_model("hf_resnet")
+    wrap_classifier(model)(torch.randn(2, 3, 32, 32))
+    assert model.config.problem_type == "single_label_classification"
+
+
+class TestBadInput:
+    def test_exactly_one_model_source(self):
+        with pytest.raises(ValueError, match="exactly one of --model_name_or_path"):
+            build_model(num_labels=3, id2label={0: "a", 1: "b", 2: "c"}, model_type="resnet", timm_model="resnet18")
+
+    def test_unknown_timm_arch(self):
+        with pytest.raises(ValueError, match="timm has no architecture 'not_a_model'"):
+            build_model(num_labels=3, id2label={0: "a", 1: "b", 2: "c"}, timm_model="not_a_model")
+
+    def test_unknown_model_type(self):
+        with pytest.raises(ValueError, match="--model_type 'nope'"):
+            build_model(num_labels=3, id2label={0: "a", 1: "b", 2: "c"}, model_type="nope")
+
+    def test_offline_hub_id_is_one_paragraph(self):
+        with pytest.raises(ValueError, match="Could not load model 'someone/unknown-model'.*--model_type"):
+            build_model(num_labels=3, id2label={0: "a", 1: "b", 2: "c"}, model_name_or_path="someone/unknown-model")
+
+    def test_bad_stage(self):
+        model, _ = make_model("hf_resnet")
+        with pytest.raises(ValueError, match="Stage 7 does not exist.*--mix_layer"):
+            wrap_classifier(model).forward_features(torch.randn(1, 3, 32, 32), stage=7)
+
+    def test_unsupported_model(self):
+        with pytest.raises(TypeError, match="Unsupported model type Linear"):
+            wrap_classifier(nn.Linear(3, 3))
+
+    def test_timm_model_without_feature_info(self):
+        model = nn.Linear(3, 3)
+        model.pretrained_cfg, model.forward_head = {}, None
+        with pytest.raises(ValueError, match="feature_info"):
+            wrap_classifier(model)
+
+    def test_config_overrides(self):
+        assert parse_config_overrides("a=1,b=[1,2],c=basic,d=true") == {"a": 1, "b": [1, 2], "c": "basic", "d": True}
+        with pytest.raises(ValueError, match="key=value"):
+            parse_config_overrides("a=1,oops")
