@@ -113,3 +113,17 @@ class TestBadInput:
     def test_bad_mix_layer_names_the_flag(self, tmp_path):
         with pytest.raises(ValueError, match="--mix_layer"):
             load_script().main(["--mixup", "adautomix", "--mix_layer", "9", "--output_dir", str(tmp_path), *FAST])
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "examples" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_recipe_configs_parse(config):
+    import yaml
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from hf_adautomix import DataTrainingArguments, MixupArguments, ModelArguments
+
+    values = yaml.safe_load(config.read_text())
+    values.update(bf16=False, use_cpu=True)  # GPU recipes; parsing is what is checked here
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, MixupArguments, TrainingArguments))
+    _, _, mix, train = parser.parse_dict(values)
+    assert mix.mixup == "adautomix" and mix.ema and not mix.ema_warmup
