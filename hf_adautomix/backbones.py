@@ -294,6 +294,13 @@ class TransformersAdapter(ClassifierAdapter):
         return Features(captured["pooled"], out.logits, stage_map)
 
     def save_native(self, save_directory: str, **_ignored) -> None:
+        from .cifar_models import CifarResNetForImageClassification
+
+        if isinstance(self.model, CifarResNetForImageClassification):
+            # Ship the architecture's code with the checkpoint (auto_map), so that it also loads without
+            # hf_adautomix, with trust_remote_code=True.
+            self.model.config.register_for_auto_class()
+            self.model.register_for_auto_class("AutoModelForImageClassification")
         self.model.save_pretrained(save_directory)
 
 

@@ -77,6 +77,10 @@ def test_hf_cifar_resnet_exports_remote_code_free_with_package(tmp_path):
     model, _ = make_model("hf_resnet")
     wrap_classifier(model).save_native(str(tmp_path))
     assert AutoConfig.from_pretrained(str(tmp_path)).model_type == "cifar_resnet"
+    # the architecture's code travels with the checkpoint, for users without hf_adautomix
+    assert (tmp_path / "cifar_models.py").exists()
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModelForImageClassification"] == "cifar_models.CifarResNetForImageClassification"
 
 
 def test_soft_labels_never_reach_hf_model():

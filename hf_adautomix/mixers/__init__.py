@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .automix import AdAutoMix, AdaptiveMask, AutoMix, PixelMixBlock
+from .automix import AdaptiveMask, AdAutoMix, AutoMix, PixelMixBlock
 from .base import InputMixer, Mixer, NoMix, cross_entropy, mix_target, one_hot, soft_cross_entropy
 
 MIXERS: dict[str, type[Mixer]] = {"none": NoMix, "adautomix": AdAutoMix, "automix": AutoMix}
