@@ -103,6 +103,10 @@ class AdAutoMixTrainer(Trainer):
         if train_dataset is not None or eval_dataset is not None:
             train_dataset, eval_dataset, info = _auto_transform(train_dataset, eval_dataset, wrapper, args.seed)
             self.transform_info = self.transform_info or info
+        if self.transform_info is not None and hasattr(wrapper.mixer, "image_mean"):
+            # PuzzleMix undoes the input normalisation for its smoothness term.
+            wrapper.mixer.image_mean.copy_(torch.tensor(self.transform_info.mean).view(1, -1, 1, 1))
+            wrapper.mixer.image_std.copy_(torch.tensor(self.transform_info.std).view(1, -1, 1, 1))
         super().__init__(model=wrapper, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          data_collator=data_collator or data_lib.collate_fn,
                          compute_metrics=compute_metrics or default_metrics, **kwargs)

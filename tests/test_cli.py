@@ -127,3 +127,11 @@ def test_recipe_configs_parse(config):
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, MixupArguments, TrainingArguments))
     _, _, mix, train = parser.parse_dict(values)
     assert mix.mixup == "adautomix" and mix.ema and not mix.ema_warmup
+
+
+@pytest.mark.parametrize("mixup", ["mixup", "cutmix", "fmix", "resizemix", "saliencymix", "gridmix", "smoothmix",
+                                   "manifoldmix", "puzzlemix", "timm"])
+def test_every_classic_mixer_trains(mixup, tmp_path):
+    metrics = load_script().main(["--mixup", mixup, "--model_type", "resnet", "--cifar_stem", "--config_overrides",
+                                  TINY_RESNET, "--output_dir", str(tmp_path / "o"), *FAST])
+    assert metrics["train_loss"] == metrics["train_loss"] and "eval_accuracy" in metrics

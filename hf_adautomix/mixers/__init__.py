@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from .automix import AdaptiveMask, AdAutoMix, AutoMix, PixelMixBlock
 from .base import InputMixer, Mixer, NoMix, cross_entropy, mix_target, one_hot, soft_cross_entropy
+from .classic import CLASSIC_MIXERS
 
-MIXERS: dict[str, type[Mixer]] = {"none": NoMix, "adautomix": AdAutoMix, "automix": AutoMix}
+MIXERS: dict[str, type[Mixer]] = {"none": NoMix, "adautomix": AdAutoMix, "automix": AutoMix, **CLASSIC_MIXERS}
 
 
 def build_mixer(args, *, num_classes: int, label_smoothing: float, classifier) -> Mixer:
