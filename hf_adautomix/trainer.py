@@ -97,6 +97,10 @@ class AdAutoMixTrainer(Trainer):
         # pruning would run first and remove them (hf-ecosystem §1.6), so users never need the flag.
         args.remove_unused_columns = False
         args.label_names = args.label_names or ["labels"]
+        if args.ddp_find_unused_parameters is None:
+            # Every trainable parameter (classifier, mix head, generator) gets a gradient on every step in every
+            # mixer, and the teacher is frozen; Trainer's default for a non-PreTrainedModel (True) is slower.
+            args.ddp_find_unused_parameters = False
 
         wrapper = model if isinstance(model, MixupModel) else self.build_wrapper(model, mixup_args, args)
         self.transform_info = transform_info
