@@ -257,7 +257,9 @@ class AdAutoMix(_LearnedMixer):
         return l1 <= m or (1 - l1 <= m if lam_bb.numel() == 2 else l1 > 1 - m)
 
     # -- one iteration -----------------------------------------------------------------------------------------
-    def forward(self, x, y, classifier, *, teacher, step: int):
+    def forward(self, x, y, classifier, *, teacher, step: int, keep_graph: bool = False):
+        """One iteration. `keep_graph` returns the loss terms with their autograd graphs, plus `loss_re` and both
+        mask sets, so tests can check each term's gradient path (§12.2); the training step leaves it off."""
         p = self.sample(x.shape[0], x.device)
         n, lam_mb, lam_bb, pi, sigma = p["n"], p["lam_mb"], p["lam_bb"], p["pi"], p["sigma"]
         eps, size = self.label_smoothing, x.shape[-2:]
@@ -316,10 +318,14 @@ class AdAutoMix(_LearnedMixer):
 
         self._capture(x, pi, x_mb, lam_mb)
         total = loss_gen + loss_re + loss_theta
-        return {"loss": total, "loss_one": loss_one.detach(), "loss_van": loss_van.detach(),
-                "loss_gen": loss_gen.detach(), "loss_teacher": loss_k.detach(), "cos_sim": cos.detach(),
-                "loss_theta": loss_theta.detach(), "adversarial": torch.tensor(float(adversarial)),
-                "n_mix": torch.tensor(float(n)), **self._stats(masks_mb, lam_mb)}
+        d = (lambda t: t) if keep_graph else torch.Tensor.detach
+        out = {"loss": total, "loss_one": d(loss_one), "loss_van": d(loss_van), "loss_gen": d(loss_gen),
+               "loss_teacher": d(loss_k), "cos_sim": d(cos), "loss_theta": d(loss_theta),
+               "adversarial": torch.tensor(float(adversarial)), "n_mix": torch.tensor(float(n)),
+               **self._stats(masks_mb, lam_mb)}
+        if keep_graph:
+            out.update(loss_re=loss_re, masks_mb=masks_mb, masks_bb=masks_bb)
+        return out
 
 
 class AutoMix(_LearnedMixer):
