@@ -107,6 +107,11 @@ class MixupArguments:
         default=None, metadata={"help": "m: vanilla mixup replaces the mask when λ is within m of 0 or 1 "
                                         "(default 0.03 AdAutoMix, 0.08 AutoMix)."}
     )
+    teacher_ref_passes: Literal["shared", "separate"] = field(
+        default="shared",
+        metadata={"help": "AdAutoMix cosine references: 'shared' reuses the teacher's clean pass (same maths, "
+                          "fewer passes); 'separate' runs N extra teacher passes exactly as released."},
+    )
     share_mix_head: bool = field(default=False, metadata={"help": "Use the model's own head for mixed images too."})
     generator_lr: float | None = field(default=None, metadata={"help": "Generator learning rate (default: --learning_rate)."})
     generator_weight_decay: float | None = field(

@@ -517,3 +517,25 @@ class TestAutoMix:
     @pytest.mark.parametrize("step", [0, 1])
     def test_generator_step_lowers_teacher_mixup_ce(self, step):
         assert_generator_step_direction(learned_model(AutoMix, mask_loss_weight=0.0), step, direction=-1)
+
+
+class TestSharedReferencePasses:
+    @pytest.mark.parametrize("step", [0, 1])
+    def test_shared_pass_equals_separate_release_passes(self, step):
+        """§9.1: reusing the clean teacher pass for the N cosine references changes no loss and no gradient
+        (BN batch statistics do not depend on the order); only the teacher's BN running buffers differ."""
+        outs, grads_, buffers = [], [], []
+        for separate in (False, True):
+            model = learned_model(separate_ref_passes=separate)
+            randomise(model.mixer.generator, seed=3)
+            x, y = batch()
+            out = run(model, x, y, step=step, seed=5)
+            out["loss"].backward()
+            outs.append({k: v for k, v in out.items() if k != "loss"} | {"loss": out["loss"].detach()})
+            grads_.append([p.grad.clone() for p in model.mixer.generator.parameters()])
+            buffers.append([b.clone() for n, b in model.teacher.named_buffers() if n.endswith("running_mean")])
+        for k in outs[0]:
+            assert_close(outs[0][k], outs[1][k], atol=1e-5, rtol=1e-5, msg=k)
+        for a, b in zip(*grads_):
+            assert_close(a, b, atol=1e-6, rtol=1e-4)
+        assert any(not torch.allclose(a, b) for a, b in zip(*buffers))  # N extra BN updates in the release

@@ -207,12 +207,16 @@ class AdAutoMix(_LearnedMixer):
         lam_margin: m; within m of 0/1 the classifier branch uses vanilla mixup (0.03).
         lam_concat / upsample: generator options (§3).
         variant: "released" or "paper".
+        separate_ref_passes: run the N cosine-reference teacher passes separately after the mixed pass and build the
+            bb masks with a graph, exactly as released (the teacher's BN statistics then match the release bit for
+            bit); the default shares the clean pass (§9.1), same maths, fewer passes.
     """
 
     def __init__(self, *, num_classes: int, in_channels: int, mix_head: nn.Module | None, mix_layer: int = 3,
                  mix_num: int = 3, mix_num_random: bool = False, alpha: float = 1.0, mce_weight: float = 0.5,
                  adv_weight: float = 0.3, lam_margin: float = 0.03, lam_concat: bool = False,
-                 upsample: str = "bilinear", variant: str = "released", label_smoothing: float = 0.0):
+                 upsample: str = "bilinear", variant: str = "released", label_smoothing: float = 0.0,
+                 separate_ref_passes: bool = False):
         if mix_num < 2:
             raise ValueError(f"mix_num must be >= 2, got {mix_num}.")
         if variant not in ("released", "paper"):
@@ -222,6 +226,7 @@ class AdAutoMix(_LearnedMixer):
                          generator=AdaptiveMask(in_channels, lam_concat=lam_concat, upsample=upsample))
         self.mix_num, self.mix_num_random = mix_num, mix_num_random
         self.mce_weight, self.adv_weight, self.variant = mce_weight, adv_weight, variant
+        self.separate_ref_passes = separate_ref_passes
 
     @classmethod
     def from_args(cls, args, *, num_classes, label_smoothing, classifier):
@@ -231,7 +236,8 @@ class AdAutoMix(_LearnedMixer):
                    mce_weight=args.mce_weight, adv_weight=args.adv_weight,
                    lam_margin=0.03 if args.lam_margin is None else args.lam_margin, lam_concat=args.lam_concat,
                    upsample="bilinear" if args.mask_upsample == "auto" else args.mask_upsample,
-                   variant=args.adautomix_variant, label_smoothing=label_smoothing)
+                   variant=args.adautomix_variant, label_smoothing=label_smoothing,
+                   separate_ref_passes=args.teacher_ref_passes == "separate")
 
     # -- sampling (§2.2) -------------------------------------------------------------------------------------
     def sample(self, batch_size: int, device) -> dict[str, torch.Tensor]:
@@ -274,8 +280,11 @@ class AdAutoMix(_LearnedMixer):
 
         # 2. Generator twice: mb with graph, bb detached (made under no_grad, §9.2).
         masks_mb = self.generator(fmap[pi], lam_mb, size)
+        if self.separate_ref_passes:  # released: built with a graph, then detached (§11 B6)
+            masks_bb = self.generator(fmap[sigma], lam_bb, size).detach()
         with torch.no_grad():
-            masks_bb = self.generator(fmap[sigma], lam_bb, size)
+            if not self.separate_ref_passes:
+                masks_bb = self.generator(fmap[sigma], lam_bb, size)
             if self.margin_hit(lam_bb):  # classifier branch falls back to vanilla mixup; every channel (§11 B3)
                 masks_bb = lam_bb.float().view(1, n, 1, 1).expand_as(masks_bb).clone()
             x_bb = _mix(x, sigma, masks_bb)
@@ -302,9 +311,14 @@ class AdAutoMix(_LearnedMixer):
 
         # 4. Teacher judges the mb mixes: graph to the input only (teacher weights are frozen).
         z = head_k(teacher.forward_features(x_mb).pooled)
+        if self.separate_ref_passes:  # released order: clean, mixed, then N clean permuted passes
+            with torch.no_grad():
+                refs = [head_k(teacher.forward_features(x[pi[i]]).pooled) for i in range(n)]
+        else:
+            refs = [ref_logits[pi[i]] for i in range(n)]
         teacher.train(False)
         loss_k = _mix_ce(z, y, pi, lam_mb, eps)
-        cos = sum(lam_mb[i] * F.cosine_similarity(z.float(), ref_logits[pi[i]].float(), dim=1, eps=1e-8)
+        cos = sum(lam_mb[i] * F.cosine_similarity(z.float(), refs[i].float(), dim=1, eps=1e-8)
                   for i in range(n)).mean()
 
         # 5. Generator objective.
