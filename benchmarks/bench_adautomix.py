@@ -107,7 +107,7 @@ def main(argv=None):
     args.image_size = 32
     x, y, source = load_batch(args, device)
     built = {name: build(v, args, device) for name, v in VARIANTS.items()}
-    for name, (w, o) in built.items():
+    for w, o in built.values():
         run_steps(w, o, x, y, args.warmup, device)
     times = {name: [] for name in VARIANTS}
     for _ in range(args.rounds):
