@@ -34,12 +34,19 @@ FAMILIES = {
 }
 
 
-def make_model(family: str, num_labels: int = 4):
+def make_model(family: str, num_labels: int = 4, seed: int = 0):
     from hf_adautomix.backbones import build_model
 
     kwargs, size = FAMILIES[family]
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     return build_model(num_labels=num_labels, id2label={i: f"c{i}" for i in range(num_labels)}, **kwargs), size
+
+
+def tiny_classifier(seed: int = 0, num_labels: int = 4):
+    """The tiny transformers ResNet CIFAR variant (stage-3 map 8x8 at 32x32), wrapped in its adapter."""
+    from hf_adautomix.backbones import wrap_classifier
+
+    return wrap_classifier(make_model("hf_resnet", num_labels, seed)[0])
 
 
 @pytest.fixture(autouse=True)

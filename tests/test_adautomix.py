@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_classifier
 from torch.testing import assert_close
 
 from hf_adautomix.arguments import MixupArguments
-from hf_adautomix.backbones import build_model, wrap_classifier
 from hf_adautomix.mixers import AdaptiveMask, AdAutoMix, AutoMix, PixelMixBlock, build_mixer
 from hf_adautomix.mixers import automix as automix_module
 from hf_adautomix.modeling import MixupModel
@@ -19,16 +19,6 @@ TINY_RESNET = "embedding_size=8,hidden_sizes=[8,8,16,16],depths=[1,1,1,1],layer_
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------
-def tiny_classifier(seed=0):
-    torch.manual_seed(seed)
-    model = build_model(
-        num_labels=NUM_CLASSES,
-        id2label={i: str(i) for i in range(NUM_CLASSES)},
-        model_type="resnet",
-        config_overrides=TINY_RESNET,
-        cifar_stem=True,
-    )
-    return wrap_classifier(model)
 
 
 def learned_model(cls=AdAutoMix, seed=0, **kwargs):

@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_classifier
 from torch import nn
 from torch.testing import assert_close
 
-from hf_adautomix.backbones import build_model, wrap_classifier
 from hf_adautomix.mixers import AdAutoMix, AutoMix
 from hf_adautomix.modeling import EMASchedule, MixupModel
 
@@ -17,16 +17,6 @@ TINY_RESNET = "embedding_size=8,hidden_sizes=[8,8,16,16],depths=[1,1,1,1],layer_
 XI0, XI_END = 0.999, 0.999999
 
 
-def tiny_classifier(seed=0):
-    torch.manual_seed(seed)
-    model = build_model(
-        num_labels=NUM_CLASSES,
-        id2label={i: str(i) for i in range(NUM_CLASSES)},
-        model_type="resnet",
-        config_overrides=TINY_RESNET,
-        cifar_stem=True,
-    )
-    return wrap_classifier(model)
 
 
 def learned_model(cls=AdAutoMix, **kwargs):
