@@ -245,7 +245,23 @@ class TransformersAdapter(ClassifierAdapter):
     @property
     def num_stages(self) -> int:
         if self._num_stages is None:
-            self._num_stages = len(self._stage_list())
+            depths = getattr(self.model.config, "depths", None)
+            if depths:
+                self._num_stages = len(depths)
+            else:  # count the stage hidden states of one tiny eval-mode forward (index 0 is the stem)
+                was_training = self.model.training
+                self.model.eval()
+                try:
+                    with torch.no_grad():
+                        p = next(self.model.parameters())
+                        x = torch.zeros(1, 3, *self.input_size, device=p.device, dtype=p.dtype)
+                        hidden = self.model(pixel_values=x, output_hidden_states=True, return_dict=True).hidden_states
+                finally:
+                    self.model.train(was_training)
+                if not hidden:
+                    raise ValueError(f"{type(self.model).__name__} returns no hidden_states, so stage features "
+                                     "cannot be tapped.")
+                self._num_stages = len(hidden) - 1
         return self._num_stages
 
     def _stage_list(self) -> list[nn.Module]:

@@ -125,3 +125,26 @@ class TestBadInput:
         assert parse_config_overrides("a=1,b=[1,2],c=basic,d=true") == {"a": 1, "b": [1, 2], "c": "basic", "d": True}
         with pytest.raises(ValueError, match="key=value"):
             parse_config_overrides("a=1,oops")
+
+
+def test_token_model_without_spatial_stages_gets_a_clear_error():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from hf_adautomix.arguments import MixupArguments
+    from hf_adautomix.mixers import build_mixer
+
+    vit = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=3,
+                                              num_attention_heads=2, intermediate_size=16, num_labels=3))
+    adapter = wrap_classifier(vit)
+    assert adapter.num_stages == 3
+    with pytest.raises(ValueError, match=r"spatial \(B, C, H, W\) map"):
+        build_mixer(MixupArguments(mixup="adautomix"), num_classes=3, label_smoothing=0.0, classifier=adapter)
+
+
+def test_other_hf_families_with_stages_work():
+    from transformers import RegNetConfig, RegNetForImageClassification
+
+    model = RegNetForImageClassification(RegNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 32],
+                                                      depths=[1, 1, 1, 1], groups_width=8, num_labels=3))
+    feats = wrap_classifier(model).forward_features(torch.randn(2, 3, 64, 64), stage=3)
+    assert feats.stage_map.ndim == 4 and feats.logits.shape == (2, 3)
