@@ -529,3 +529,16 @@ class TestSharedReferencePasses:
         for a, b in zip(*grads_):
             assert_close(a, b, atol=1e-6, rtol=1e-4)
         assert any(not torch.allclose(a, b) for a, b in zip(*buffers))  # N extra BN updates in the release
+
+
+def test_share_mix_head_uses_the_models_own_head():
+    clf = tiny_classifier()
+    mixer = build_mixer(MixupArguments(mixup="adautomix", share_mix_head=True), num_classes=NUM_CLASSES,
+                        label_smoothing=0.0, classifier=clf)
+    model = MixupModel(clf, mixer).train()
+    assert mixer.mix_head is None and mixer.ema_pairs() == []
+    x, y = batch()
+    out = run(model, x, y, step=0, seed=0)
+    out["loss"].backward()
+    assert clf.head is not None and all(p.grad is not None for p in clf.head.parameters())
+    assert not any(p.grad is not None for p in model.teacher.parameters())
