@@ -34,6 +34,11 @@ class EMACallback(TrainerCallback):
             model.update_ema()
         else:
             model.step += 1
+        if args.world_size > 1 and args.ddp_broadcast_buffers is not False and torch.distributed.is_initialized():
+            # DDP syncs buffers from rank 0 only at the start of each forward, so the train-mode forwards of the
+            # last step (classifier and teacher BN statistics) would leave ranks different for evaluation/export.
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
 
 
 class MixGridCallback(TrainerCallback):
@@ -102,6 +107,7 @@ class AdAutoMixTrainer(Trainer):
             # mixer, and the teacher is frozen; Trainer's default for a non-PreTrainedModel (True) is slower.
             args.ddp_find_unused_parameters = False
 
+        _refuse_sharded_training(args)
         wrapper = model if isinstance(model, MixupModel) else self.build_wrapper(model, mixup_args, args)
         self.transform_info = transform_info
         if train_dataset is not None or eval_dataset is not None:
@@ -121,9 +127,6 @@ class AdAutoMixTrainer(Trainer):
             info = self.transform_info
             self.add_callback(MixGridCallback(mixup_args.save_mix_every, getattr(info, "mean", None),
                                               getattr(info, "std", None)))
-        if getattr(self, "is_deepspeed_enabled", False) or getattr(self, "is_fsdp_enabled", False):
-            raise ValueError("hf_adautomix supports single-device and DDP training (accelerate --multi_gpu, "
-                             "torchrun, CPU multi-process); DeepSpeed and FSDP are not supported.")
         if wrapper.teacher is not None:
             logger.info("EMA teacher: %s.", wrapper.ema_schedule.describe())
 
@@ -254,6 +257,17 @@ class AdAutoMixTrainer(Trainer):
         logger.info("Exported the %s model (%s) to %s", "EMA" if adapter is self.model.teacher else "online",
                     adapter.family, output_dir)
         return output_dir
+
+
+def _refuse_sharded_training(args: TrainingArguments) -> None:
+    """DeepSpeed/FSDP would shard the EMA teacher and the generator; refuse them before Trainer sets anything up
+    (on CPU accelerate would silently fall back to plain DDP)."""
+    env = {k: os.environ.get(k, "").lower() in ("1", "true", "yes") for k in
+           ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")}
+    if args.fsdp or args.deepspeed or any(env.values()):
+        raise ValueError("hf_adautomix supports single-device and DDP training (accelerate launch --multi_gpu, "
+                         "torchrun, CPU multi-process with --use_cpu); DeepSpeed and FSDP are not supported: "
+                         "drop --fsdp/--deepspeed (or the accelerate config that enables them).")
 
 
 def _auto_transform(train, evaluation, wrapper: MixupModel, seed: int):

@@ -1,0 +1,146 @@
+"""Worker for tests/test_distributed.py, started under `torch.distributed.run` or `accelerate launch` (2 CPU
+processes, gloo). Not a test module itself.
+
+It trains a tiny HF ResNet (conftest.TINY_RESNET, CIFAR stem) with `--mixup adautomix` on an in-memory tensor
+dataset, then each rank writes
+  <output_dir>/rank{r}.safetensors  its full `trainer.model.state_dict()` (classifier, generator, mix head, EMA
+                                    teacher, mix-head teacher, step) after training,
+  <output_dir>/rank{r}.json         world size, distributed type, the samples it saw (one id per sample), and per
+                                    micro-batch the model step and the mixer's λ₁ / adversarial flag / losses.
+With `--check fsdp` it only builds the trainer (TrainingArguments should carry `--fsdp ...`) and writes the
+error it raised to <output_dir>/rank{r}.json.
+
+Usage: python -m torch.distributed.run --nproc_per_node 2 tests/dist_worker.py --output_dir OUT --use_cpu ...
+(any TrainingArguments flag; `--use_cpu` is required on a GPU-less machine, hf-ecosystem §3.2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from transformers import HfArgumentParser, TrainingArguments  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # conftest (tiny model configs)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # hf_adautomix when not installed
+
+from conftest import make_model  # noqa: E402
+
+from hf_adautomix import AdAutoMixTrainer, MixupArguments  # noqa: E402
+
+
+@dataclass
+class WorkerArguments:
+    check: str = field(default="train", metadata={"help": "train | fsdp"})
+    num_samples: int = field(default=32, metadata={"help": "Size of the tensor dataset."})
+
+
+def tensor_dataset(n: int, size: int = 32, num_labels: int = 4, seed: int = 0):
+    """Same data as tests/test_trainer.tensor_dataset, plus a `pixel_values[:, 0, 0, 0]` that identifies each
+    sample (its index), so the worker can tell which samples a rank saw."""
+    from datasets import Dataset
+
+    rng = np.random.default_rng(seed)
+    pixels = rng.standard_normal((n, 3, size, size)).astype(np.float32)
+    pixels[:, 0, 0, 0] = np.arange(n, dtype=np.float32)
+    return Dataset.from_dict(
+        {"pixel_values": pixels, "labels": (np.arange(n) % num_labels).astype(np.int64)}
+    ).with_format("torch")
+
+
+class RecordingTrainer(AdAutoMixTrainer):
+    """Records, per micro-batch, the model step the mixer saw, its terms, and the ids of the samples."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        step = int(self.model.step)
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        terms = self.model.last_terms
+        self.records.append(
+            {
+                "step": step,
+                "sample_ids": [int(v) for v in inputs["pixel_values"][:, 0, 0, 0].round().tolist()],
+                "labels": inputs["labels"].tolist(),
+                "adversarial": float(terms["adversarial"]),
+                "lam_1": float(terms["lam_1"]),
+                "loss_one": float(terms["loss_one"]),
+                "mask_mean_1": float(terms["mask_mean_1"]),
+                "loss": float(loss),
+            }
+        )
+        return loss
+
+
+def main(argv=None) -> None:
+    training_args, worker_args = HfArgumentParser(
+        (TrainingArguments, WorkerArguments)
+    ).parse_args_into_dataclasses(argv)
+    out = Path(training_args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rank = int(os.environ.get("RANK", "0"))
+    model, size = make_model("hf_resnet")
+    mixup_args = MixupArguments(mixup="adautomix", save_mix_every=0)
+
+    if worker_args.check == "fsdp":
+        try:
+            RecordingTrainer(
+                model=model,
+                args=training_args,
+                mixup_args=mixup_args,
+                train_dataset=tensor_dataset(worker_args.num_samples, size),
+            )
+            error = None
+        except Exception as e:  # the test inspects the message
+            error = f"{type(e).__name__}: {e}"
+        (out / f"rank{rank}.json").write_text(json.dumps({"error": error}))
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        return
+
+    trainer = RecordingTrainer(
+        model=model,
+        args=training_args,
+        mixup_args=mixup_args,
+        train_dataset=tensor_dataset(worker_args.num_samples, size),
+    )
+    trainer.records = []
+    from accelerate.utils import DistributedType
+
+    assert trainer.args.world_size == 2, trainer.args.world_size
+    assert trainer.accelerator.distributed_type == DistributedType.MULTI_CPU, (
+        trainer.accelerator.distributed_type
+    )
+    assert trainer.accelerator.process_index == rank
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)  # --resume_from_checkpoint
+    assert type(trainer.model_wrapped).__name__ == "DistributedDataParallel", type(trainer.model_wrapped)
+
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().clone() for k, v in trainer.model.state_dict().items()}
+    save_file(state, str(out / f"rank{rank}.safetensors"))
+    info = {
+        "rank": rank,
+        "world_size": trainer.args.world_size,
+        "distributed_type": str(trainer.accelerator.distributed_type),
+        "global_step": trainer.state.global_step,
+        "model_step": int(trainer.model.step),
+        "records": trainer.records,
+        "log_history": [h for h in trainer.state.log_history if "loss" in h],
+    }
+    (out / f"rank{rank}.json").write_text(json.dumps(info))
+    trainer.accelerator.wait_for_everyone()
+    if hasattr(trainer, "end"):
+        trainer.end()  # finishes trackers, destroys the process group (transformers 5.x)
+    elif torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
