@@ -88,6 +88,12 @@ def main(argv: list[str] | None = None) -> dict:
                                train_dataset=image_data.train,
                                eval_dataset=image_data.validation, transform_info=info)
 
+    wrapper = trainer.model
+    logger.warning("Process rank %s, device %s, world size %s, bf16 %s, fp16 %s | --mixup %s%s", training_args.process_index,
+                   training_args.device, training_args.world_size, training_args.bf16, training_args.fp16,
+                   mixup_args.mixup, f" | EMA teacher: {wrapper.ema_schedule.describe()}" if wrapper.teacher is not None
+                   else "")
+
     # ----- Training ---------------------------------------------------------------------------------------------
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.log_metrics("train", train_result.metrics)
