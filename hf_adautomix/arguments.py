@@ -127,6 +127,8 @@ class MixupArguments:
         default=500, metadata={"help": "Save a PNG grid of source images and generated mixes every N steps (0: end only)."}
     )
 
+    channels_last: bool = field(default=False, metadata={"help": "Train with channels-last weights and inputs."})
+
     # timm's Mixup ------------------------------------------------------------------------------------------------
     timm_mixup_alpha: float = field(default=0.8, metadata={"help": "timm Mixup: mixup_alpha."})
     timm_cutmix_alpha: float = field(default=1.0, metadata={"help": "timm Mixup: cutmix_alpha."})

@@ -109,6 +109,8 @@ class AdAutoMixTrainer(Trainer):
 
         _refuse_sharded_training(args)
         wrapper = model if isinstance(model, MixupModel) else self.build_wrapper(model, mixup_args, args)
+        if mixup_args.channels_last:
+            wrapper.to_channels_last()
         self.transform_info = transform_info
         if train_dataset is not None or eval_dataset is not None:
             train_dataset, eval_dataset, info = _auto_transform(train_dataset, eval_dataset, wrapper, args.seed)

@@ -335,7 +335,7 @@ class AdAutoMix(_LearnedMixer):
         d = (lambda t: t) if keep_graph else torch.Tensor.detach
         out = {"loss": total, "loss_one": d(loss_one), "loss_van": d(loss_van), "loss_gen": d(loss_gen),
                "loss_teacher": d(loss_k), "cos_sim": d(cos), "loss_theta": d(loss_theta),
-               "adversarial": torch.tensor(float(adversarial)), "n_mix": torch.tensor(float(n)),
+               "adversarial": torch.tensor(1.0 if adversarial else 0.0), "n_mix": torch.tensor(float(n)),
                **self._stats(masks_mb, lam_mb)}
         if keep_graph:
             out.update(loss_re=loss_re, masks_mb=masks_mb, masks_bb=masks_bb)
