@@ -23,7 +23,6 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 from hf_adautomix import AdAutoMixTrainer, DataTrainingArguments, MixupArguments, ModelArguments
 from hf_adautomix.backbones import build_model, wrap_classifier
 from hf_adautomix.data import apply_transforms, build_transforms, load_image_datasets, resolve_transform_info
-from hf_adautomix.hub import write_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -107,12 +106,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ----- Export (native format, EMA weights when there is a teacher) and model card --------------------------
     trainer.save_model()  # -> trainer.export_model(output_dir)
-    card_kwargs = {"finetuned_from": model_args.model_name_or_path, "dataset": image_data.source,
-                   "tags": ["image-classification", "vision", "hf_adautomix", mixup_args.mixup]}
-    if trainer.is_world_process_zero():
-        write_model_card(trainer, metrics={**train_result.metrics, **metrics}, **card_kwargs)
+    card_kwargs = {"finetuned_from": model_args.model_name_or_path, "dataset": image_data.source}
     if training_args.push_to_hub:
-        trainer.push_to_hub(commit_message=f"hf_adautomix: --mixup {mixup_args.mixup}")
+        trainer.push_to_hub(commit_message=f"hf_adautomix: --mixup {mixup_args.mixup}", **card_kwargs)
+    elif trainer.is_world_process_zero():
+        trainer.create_model_card(**card_kwargs)
     trainer.end()
     return {**train_result.metrics, **metrics}
 
@@ -135,4 +133,10 @@ def _pretrained_norm(model):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError, TypeError, ImportError) as err:
+        # Bad input ends with its one-paragraph message, not a traceback (HF_ADAUTOMIX_TRACEBACK=1 shows it).
+        if os.environ.get("HF_ADAUTOMIX_TRACEBACK"):
+            raise
+        sys.exit(f"error: {err}")

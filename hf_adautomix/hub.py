@@ -42,7 +42,7 @@ def write_model_card(trainer, metrics: dict, *, dataset: str, finetuned_from: st
         if f"{prefix}_accuracy" in metrics:
             vals = [metrics.get(f"{prefix}_{k}") for k in ("accuracy", "top5_accuracy", "nll", "ece")]
             rows.append(f"| {label} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in vals) + " |")
-    training = [f"- steps: {trainer.state.global_step}, epochs: {args.num_train_epochs}, "
+    training = [f"- steps: {trainer.state.global_step}, epochs: {round(trainer.state.epoch or 0, 2)}, "
                 f"batch size per device: {args.per_device_train_batch_size}, learning rate: {args.learning_rate} "
                 f"({getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)}), "
                 f"optimizer: {getattr(args.optim, 'value', args.optim)}, weight decay: {args.weight_decay}"]

@@ -228,6 +228,20 @@ class AdAutoMixTrainer(Trainer):
         else:
             super()._save(output_dir, state_dict)
 
+    def create_model_card(self, *, dataset: str | None = None, finetuned_from: str | None = None,
+                          tags: str | list[str] | None = None, **_ignored) -> str:
+        """Override: our card (method, EMA schedule, exported weights, online + EMA metrics) instead of Trainer's,
+        also when `push_to_hub()` writes it. Metrics are the latest evaluation's in the log history."""
+        from .hub import write_model_card
+
+        metrics: dict = {}
+        for entry in self.state.log_history:
+            metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        return write_model_card(self, metrics=metrics, dataset=dataset or "unknown",
+                                finetuned_from=finetuned_from,
+                                tags=tags + ["image-classification", "vision", self.mixup_args.mixup])
+
     def export_model(self, output_dir: str | None = None, which: str | None = None) -> str:
         """Write the chosen weights (EMA teacher by default when there is one) in the model's native format,
         plus the image processor, without generator or mix head. Returns the folder."""

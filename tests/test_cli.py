@@ -135,3 +135,11 @@ def test_every_classic_mixer_trains(mixup, tmp_path):
     metrics = load_script().main(["--mixup", mixup, "--model_type", "resnet", "--cifar_stem", "--config_overrides",
                                   TINY_RESNET, "--output_dir", str(tmp_path / "o"), *FAST])
     assert metrics["train_loss"] == metrics["train_loss"] and "eval_accuracy" in metrics
+
+
+def test_bad_input_from_the_command_line_is_one_paragraph(tmp_path):
+    proc = run_subprocess(["--train_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "o")], tmp_path)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "nowhere" in last

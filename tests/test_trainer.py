@@ -160,3 +160,45 @@ def test_torch_compile_and_channels_last(tmp_path):
         assert "eval_ema_loss" in trainer.evaluate()
     assert losses["channels_last"][0] == pytest.approx(losses["plain"][0], rel=1e-4)
     assert losses["compiled"][0] == pytest.approx(losses["plain"][0], rel=1e-3)
+
+
+def test_push_to_hub_uploads_the_native_model_and_our_card(tmp_path):
+    """Offline push (hf-ecosystem §8.4): the uploaded folder is the exported native model + processor + our card."""
+    import shutil
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+    from unittest import mock
+
+    hub = tmp_path / "hub"
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kw):
+            return SimpleNamespace(repo_id=repo_id)
+
+        def upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, run_as_future=False, **kw):
+            shutil.copytree(folder_path, hub / repo_id, ignore=shutil.ignore_patterns(*(ignore_patterns or [])),
+                            dirs_exist_ok=True)
+            info = SimpleNamespace(commit_url="https://hub/commit", oid="0" * 40)
+            if run_as_future:
+                future = Future()
+                future.set_result(info)
+                return future
+            return info
+
+    model, _ = make_model("hf_resnet")
+    with mock.patch("transformers.trainer.hf_api", return_value=FakeApi()):
+        trainer = AdAutoMixTrainer(model=model, args=targs(tmp_path / "out", push_to_hub=True,
+                                                           hub_model_id="me/tiny-ada"),
+                                   mixup_args=MixupArguments(mixup="adautomix", save_mix_every=0),
+                                   train_dataset=tensor_dataset(), eval_dataset=tensor_dataset(8))
+        trainer.train()
+        trainer.evaluate()
+        trainer.push_to_hub(dataset="tiny", finetuned_from=None)
+    pushed = hub / "me/tiny-ada"
+    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in pushed.iterdir()}
+    card = (pushed / "README.md").read_text()
+    assert "EMA teacher" in card and "adautomix" in card and "eval_ema" not in card
+    from safetensors.torch import load_file
+
+    keys = load_file(str(pushed / "model.safetensors")).keys()
+    assert not any(k.startswith(("generator", "mixer", "teacher")) for k in keys)
