@@ -388,7 +388,7 @@ def register_timm_cifar(arch: str) -> str:
     """Register `<arch>_cifar` with timm, so exported CIFAR variants reload with
     `timm.create_model('local-dir:' + path, pretrained=True)` once hf_adautomix is imported."""
     import timm
-    from timm.models import load_checkpoint, register_model
+    from timm.models import load_state_dict, register_model
 
     name = f"{arch}_cifar"
     if timm.is_model(name):
@@ -402,7 +402,12 @@ def register_timm_cifar(arch: str) -> str:
         cifar_stem_timm(model)
         if pretrained and local_file:
             path = local_file if os.path.isfile(local_file) else os.path.join(local_file, "model.safetensors")
-            load_checkpoint(model, path)
+            state = load_state_dict(path)
+            own = model.state_dict()
+            head = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+            if head:  # another number of classes: a new head, as timm's own loader does
+                logger.warning("Not loading %s from %s (shape mismatch: new number of classes).", head, path)
+            model.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=not head)
         model.pretrained_cfg = {**model.pretrained_cfg, "architecture": name}
         return model
 

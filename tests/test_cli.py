@@ -143,3 +143,25 @@ def test_bad_input_from_the_command_line_is_one_paragraph(tmp_path):
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "nowhere" in last
+
+
+@pytest.mark.parametrize("family", ["hf_resnet", "timm_convnext"])
+def test_model_name_or_path_local_folder(family, tmp_path):
+    """A transformers folder or a timm-format folder (e.g. a previous run's export) is fine-tuned offline; a
+    different number of labels gets a new head."""
+    from conftest import make_model
+
+    from hf_adautomix.backbones import wrap_classifier
+
+    model, _ = make_model(family, num_labels=3)
+    wrap_classifier(model).save_native(str(tmp_path / "pretrained"), label_names=["a", "b", "c"])
+    metrics = load_script().main(["--model_name_or_path", str(tmp_path / "pretrained"), "--mixup", "cutmix",
+                                  "--output_dir", str(tmp_path / "o"), *FAST])
+    assert "eval_accuracy" in metrics
+    config = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert len(config.get("id2label") or config.get("label_names")) == 10
+
+
+def test_timm_pretrained_offline_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="Could not load model 'resnet18'.*HF_HUB_OFFLINE"):
+        load_script().main(["--timm_model", "resnet18", "--pretrained", "--output_dir", str(tmp_path), *FAST])
