@@ -291,7 +291,12 @@ def _auto_transform(train, evaluation, wrapper: MixupModel, seed: int):
     datasets that already yield `pixel_values` are returned unchanged."""
     from . import data as data_lib
 
-    raw = [ds for ds in (train, evaluation) if ds is not None and "pixel_values" not in ds[0]]
+    import datasets
+
+    def is_raw(ds) -> bool:  # a `datasets` image dataset that does not yet yield pixel_values
+        return isinstance(ds, datasets.Dataset) and "pixel_values" not in ds[0]
+
+    raw = [ds for ds in (train, evaluation) if is_raw(ds)]
     if not raw:
         return train, evaluation, None
     first = raw[0]
@@ -308,7 +313,7 @@ def _auto_transform(train, evaluation, wrapper: MixupModel, seed: int):
     logger.info("Applying the default '%s' transforms (size %d) to the raw image datasets.", info.recipe, info.size)
     out = []
     for ds in (train, evaluation):
-        if ds is not None and "pixel_values" not in ds[0]:
+        if is_raw(ds):
             tf = train_tf if ds is train else eval_tf
             ds = data_lib.apply_transforms(
                 data_lib.replace(image_data, train=ds, validation=ds), tf, tf).train
