@@ -289,9 +289,9 @@ def _refuse_sharded_training(args: TrainingArguments) -> None:
 def _auto_transform(train, evaluation, wrapper: MixupModel, seed: int):
     """Apply the default transforms for the model's input size to raw image datasets (image + label columns);
     datasets that already yield `pixel_values` are returned unchanged."""
-    from . import data as data_lib
-
     import datasets
+
+    from . import data as data_lib
 
     def is_raw(ds) -> bool:  # a `datasets` image dataset that does not yet yield pixel_values
         return isinstance(ds, datasets.Dataset) and "pixel_values" not in ds[0]
