@@ -50,10 +50,16 @@ VARIANTS = {
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 on a shared CPU box).")
-    p.add_argument("--cifar_r18", action="store_true", help="timm ResNet-18 CIFAR variant (the paper's model).")
-    p.add_argument("--config_overrides",
-                   default="embedding_size=16,hidden_sizes=[16,32,64,128],depths=[1,1,1,1],layer_type=basic")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (1 on a shared CPU box)."
+    )
+    p.add_argument(
+        "--cifar_r18", action="store_true", help="timm ResNet-18 CIFAR variant (the paper's model)."
+    )
+    p.add_argument(
+        "--config_overrides",
+        default="embedding_size=16,hidden_sizes=[16,32,64,128],depths=[1,1,1,1],layer_type=basic",
+    )
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--image_size", type=int, default=32)
     p.add_argument("--num_classes", type=int, default=10)
@@ -70,10 +76,17 @@ def build(variant: dict, args, device) -> tuple[MixupModel, torch.optim.Optimize
     torch.manual_seed(args.seed)
     id2label = {i: str(i) for i in range(args.num_classes)}
     if args.cifar_r18:
-        model = build_model(num_labels=args.num_classes, id2label=id2label, timm_model="resnet18", cifar_stem=True)
+        model = build_model(
+            num_labels=args.num_classes, id2label=id2label, timm_model="resnet18", cifar_stem=True
+        )
     else:
-        model = build_model(num_labels=args.num_classes, id2label=id2label, model_type="resnet",
-                            config_overrides=args.config_overrides, cifar_stem=True)
+        model = build_model(
+            num_labels=args.num_classes,
+            id2label=id2label,
+            model_type="resnet",
+            config_overrides=args.config_overrides,
+            cifar_stem=True,
+        )
     classifier = wrap_classifier(model)
     mix_args = MixupArguments(**variant)
     mixer = build_mixer(mix_args, num_classes=args.num_classes, label_smoothing=0.0, classifier=classifier)
@@ -114,17 +127,28 @@ def main(argv=None):
         for name, (w, o) in built.items():
             times[name] += run_steps(w, o, x, y, args.steps, device)
     base = statistics.median(times["none"])
-    rows = [{"variant": n, "ms_per_step": 1e3 * statistics.median(t), "ratio_to_none": statistics.median(t) / base}
-            for n, t in times.items()]
+    rows = [
+        {
+            "variant": n,
+            "ms_per_step": 1e3 * statistics.median(t),
+            "ratio_to_none": statistics.median(t) / base,
+        }
+        for n, t in times.items()
+    ]
     released = next(r for r in rows if r["variant"] == "adautomix N=3 released passes")["ms_per_step"]
     ours = next(r for r in rows if r["variant"] == "adautomix N=3")["ms_per_step"]
     dev = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu"
-    header = (f"device: {dev} ({args.device}), threads: {torch.get_num_threads()}, batch {args.batch_size} of "
-              f"{source}, model: {'timm resnet18 CIFAR' if args.cifar_r18 else 'small transformers ResNet CIFAR'}, "
-              f"{args.rounds}x{args.steps} steps per variant, interleaved")
+    header = (
+        f"device: {dev} ({args.device}), threads: {torch.get_num_threads()}, batch {args.batch_size} of "
+        f"{source}, model: {'timm resnet18 CIFAR' if args.cifar_r18 else 'small transformers ResNet CIFAR'}, "
+        f"{args.rounds}x{args.steps} steps per variant, interleaved"
+    )
     lines = [header, "", "| variant | ms / step (median) | × none |", "|---|---:|---:|"]
     lines += [f"| {r['variant']} | {r['ms_per_step']:.1f} | {r['ratio_to_none']:.2f} |" for r in rows]
-    lines += ["", f"AdAutoMix N=3, shared teacher pass vs released passes: {ours / released:.2f}× the time per step."]
+    lines += [
+        "",
+        f"AdAutoMix N=3, shared teacher pass vs released passes: {ours / released:.2f}× the time per step.",
+    ]
     table = "\n".join(lines)
     print(table)
     os.makedirs(args.out, exist_ok=True)

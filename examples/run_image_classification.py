@@ -29,10 +29,19 @@ logger = logging.getLogger(__name__)
 # Defaults of this script that differ from TrainingArguments' own (a user's flag or config file still wins).
 SCRIPT_DEFAULTS = {
     "output_dir": "outputs/run_image_classification",
-    "learning_rate": 0.1, "weight_decay": 5e-4, "optim": "sgd", "optim_args": "momentum=0.9,nesterov=True",
-    "lr_scheduler_type": "cosine", "warmup_steps": 0.05, "num_train_epochs": 15,
-    "per_device_train_batch_size": 64, "per_device_eval_batch_size": 256,
-    "eval_strategy": "epoch", "save_strategy": "no", "logging_steps": 20, "report_to": "none",
+    "learning_rate": 0.1,
+    "weight_decay": 5e-4,
+    "optim": "sgd",
+    "optim_args": "momentum=0.9,nesterov=True",
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.05,
+    "num_train_epochs": 15,
+    "per_device_train_batch_size": 64,
+    "per_device_eval_batch_size": 256,
+    "eval_strategy": "epoch",
+    "save_strategy": "no",
+    "logging_steps": 20,
+    "report_to": "none",
 }
 
 
@@ -51,8 +60,11 @@ def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, mixup_args, training_args = parse_args(sys.argv[1:] if argv is None else argv)
 
     # ----- Logging --------------------------------------------------------------------------------------------
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
-                        handlers=[logging.StreamHandler(sys.stdout)])
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
     log_level = training_args.get_process_log_level()
     for lib_logger in (logger, logging.getLogger("hf_adautomix")):
         lib_logger.setLevel(log_level)
@@ -60,38 +72,66 @@ def main(argv: list[str] | None = None) -> dict:
     transformers.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.enable_default_handler()
     transformers.utils.logging.enable_explicit_format()
-    logger.info("Training %s with --mixup %s on %s", model_args.model_name_or_path or model_args.timm_model
-                or model_args.model_type, mixup_args.mixup, training_args.device)
+    logger.info(
+        "Training %s with --mixup %s on %s",
+        model_args.model_name_or_path or model_args.timm_model or model_args.model_type,
+        mixup_args.mixup,
+        training_args.device,
+    )
     set_seed(training_args.seed)
 
     # ----- Data -----------------------------------------------------------------------------------------------
-    image_data = load_image_datasets(data_args, cache_dir=model_args.cache_dir, token=model_args.token,
-                                     seed=training_args.seed)
+    image_data = load_image_datasets(
+        data_args, cache_dir=model_args.cache_dir, token=model_args.token, seed=training_args.seed
+    )
 
     # ----- Model ----------------------------------------------------------------------------------------------
-    model = build_model(num_labels=image_data.num_labels, id2label=image_data.id2label,
-                        model_name_or_path=model_args.model_name_or_path, model_type=model_args.model_type,
-                        config_overrides=model_args.config_overrides, timm_model=model_args.timm_model,
-                        pretrained=model_args.pretrained, cifar_stem=model_args.cifar_stem,
-                        image_size=data_args.image_size, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-                        cache_dir=model_args.cache_dir, token=model_args.token, revision=model_args.model_revision)
+    model = build_model(
+        num_labels=image_data.num_labels,
+        id2label=image_data.id2label,
+        model_name_or_path=model_args.model_name_or_path,
+        model_type=model_args.model_type,
+        config_overrides=model_args.config_overrides,
+        timm_model=model_args.timm_model,
+        pretrained=model_args.pretrained,
+        cifar_stem=model_args.cifar_stem,
+        image_size=data_args.image_size,
+        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        cache_dir=model_args.cache_dir,
+        token=model_args.token,
+        revision=model_args.model_revision,
+    )
 
     # ----- Transforms: the CIFAR recipe for small images, the ImageNet recipe otherwise ------------------------
-    mean, std = _pretrained_norm(model) if (model_args.pretrained or model_args.model_name_or_path) else (None, None)
-    info = resolve_transform_info(image_data, data_args, image_size=None, image_mean=mean, image_std=std,
-                                  seed=training_args.seed)
+    mean, std = (
+        _pretrained_norm(model) if (model_args.pretrained or model_args.model_name_or_path) else (None, None)
+    )
+    info = resolve_transform_info(
+        image_data, data_args, image_size=None, image_mean=mean, image_std=std, seed=training_args.seed
+    )
     image_data = apply_transforms(image_data, *build_transforms(info.recipe, info.size, info.mean, info.std))
 
     # ----- Trainer ----------------------------------------------------------------------------------------------
-    trainer = AdAutoMixTrainer(model=model, args=training_args, mixup_args=mixup_args,
-                               train_dataset=image_data.train,
-                               eval_dataset=image_data.validation, transform_info=info)
+    trainer = AdAutoMixTrainer(
+        model=model,
+        args=training_args,
+        mixup_args=mixup_args,
+        train_dataset=image_data.train,
+        eval_dataset=image_data.validation,
+        transform_info=info,
+    )
 
     wrapper = trainer.model
-    logger.warning("Process rank %s, device %s, world size %s, bf16 %s, fp16 %s | --mixup %s%s", training_args.process_index,
-                   training_args.device, training_args.world_size, training_args.bf16, training_args.fp16,
-                   mixup_args.mixup, f" | EMA teacher: {wrapper.ema_schedule.describe()}" if wrapper.teacher is not None
-                   else "")
+    logger.warning(
+        "Process rank %s, device %s, world size %s, bf16 %s, fp16 %s | --mixup %s%s",
+        training_args.process_index,
+        training_args.device,
+        training_args.world_size,
+        training_args.bf16,
+        training_args.fp16,
+        mixup_args.mixup,
+        f" | EMA teacher: {wrapper.ema_schedule.describe()}" if wrapper.teacher is not None else "",
+    )
 
     # ----- Training ---------------------------------------------------------------------------------------------
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

@@ -9,6 +9,12 @@ from .modeling import EMASchedule, MixupModel  # noqa: E402
 from .trainer import AdAutoMixTrainer  # noqa: E402
 
 __all__ = [
-    "AdAutoMixTrainer", "DataTrainingArguments", "EMASchedule", "MixupArguments", "MixupModel", "ModelArguments",
-    "build_model", "wrap_classifier",
+    "AdAutoMixTrainer",
+    "DataTrainingArguments",
+    "EMASchedule",
+    "MixupArguments",
+    "MixupModel",
+    "ModelArguments",
+    "build_model",
+    "wrap_classifier",
 ]

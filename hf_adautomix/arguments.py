@@ -6,8 +6,19 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 MIXUP_CHOICES = (
-    "none", "adautomix", "automix", "mixup", "cutmix", "fmix", "resizemix", "saliencymix", "gridmix",
-    "smoothmix", "manifoldmix", "puzzlemix", "timm",
+    "none",
+    "adautomix",
+    "automix",
+    "mixup",
+    "cutmix",
+    "fmix",
+    "resizemix",
+    "saliencymix",
+    "gridmix",
+    "smoothmix",
+    "manifoldmix",
+    "puzzlemix",
+    "timm",
 )
 LEARNED_MIXERS = ("adautomix", "automix")
 
@@ -21,39 +32,53 @@ DEFAULT_CONFIG_OVERRIDES = "embedding_size=32,hidden_sizes=[32,64,128,256],depth
 class ModelArguments:
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "A transformers model (Hub id or local folder) or a timm model ('timm/...' id or a "
-                          "timm-format folder) to fine-tune."},
+        metadata={
+            "help": "A transformers model (Hub id or local folder) or a timm model ('timm/...' id or a "
+            "timm-format folder) to fine-tune."
+        },
     )
     model_type: str | None = field(
         default=None,
-        metadata={"help": "Train a transformers architecture from scratch (random init), e.g. resnet, convnext, "
-                          "swin. With no model argument at all, a small ResNet is used."},
+        metadata={
+            "help": "Train a transformers architecture from scratch (random init), e.g. resnet, convnext, "
+            "swin. With no model argument at all, a small ResNet is used."
+        },
     )
     config_overrides: str | None = field(
         default=None,
-        metadata={"help": "Config overrides 'k=v,k2=[1,2]' for --model_type / --model_name_or_path (transformers) "
-                          "or model kwargs for --timm_model."},
+        metadata={
+            "help": "Config overrides 'k=v,k2=[1,2]' for --model_type / --model_name_or_path (transformers) "
+            "or model kwargs for --timm_model."
+        },
     )
     timm_model: str | None = field(
-        default=None, metadata={"help": "A timm architecture name, e.g. resnet18, convnext_tiny (random init)."}
+        default=None,
+        metadata={"help": "A timm architecture name, e.g. resnet18, convnext_tiny (random init)."},
     )
-    pretrained: bool = field(default=False, metadata={"help": "Load timm's pretrained weights for --timm_model."})
+    pretrained: bool = field(
+        default=False, metadata={"help": "Load timm's pretrained weights for --timm_model."}
+    )
     cifar_stem: bool = field(
         default=False,
-        metadata={"help": "CIFAR variant for 32x32 inputs: 3x3 stride-1 stem without max-pool (ResNet/ResNeXt), "
-                          "stride-1 stem (ConvNeXt)."},
+        metadata={
+            "help": "CIFAR variant for 32x32 inputs: 3x3 stride-1 stem without max-pool (ResNet/ResNeXt), "
+            "stride-1 stem (ConvNeXt)."
+        },
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Where to cache Hub downloads."})
     model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
     token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)."})
     ignore_mismatched_sizes: bool = field(
-        default=True, metadata={"help": "Allow a pretrained head with another number of classes to be replaced."}
+        default=True,
+        metadata={"help": "Allow a pretrained head with another number of classes to be replaced."},
     )
 
     def __post_init__(self):
         given = [n for n in ("model_name_or_path", "model_type", "timm_model") if getattr(self, n)]
         if len(given) > 1:
-            raise ValueError(f"Give only one of --model_name_or_path, --model_type, --timm_model (got {given}).")
+            raise ValueError(
+                f"Give only one of --model_name_or_path, --model_type, --timm_model (got {given})."
+            )
         if not given:
             self.model_type = DEFAULT_MODEL_TYPE
             if self.config_overrides is None:
@@ -65,76 +90,113 @@ class MixupArguments:
     mixup: Literal[MIXUP_CHOICES] = field(default="none", metadata={"help": "The mixing method."})
     mix_alpha: float | None = field(
         default=None,
-        metadata={"help": "α of the Beta(α, α) mixing-ratio law (α_B of AdAutoMix). Default: the method's "
-                          "OpenMixup/paper default for the architecture family."},
+        metadata={
+            "help": "α of the Beta(α, α) mixing-ratio law (α_B of AdAutoMix). Default: the method's "
+            "OpenMixup/paper default for the architecture family."
+        },
     )
-    mix_prob: float = field(default=1.0, metadata={"help": "Fraction of batches that are mixed (hand-crafted)."})
+    mix_prob: float = field(
+        default=1.0, metadata={"help": "Fraction of batches that are mixed (hand-crafted)."}
+    )
 
     # EMA teacher -------------------------------------------------------------------------------------------------
     ema: bool | None = field(
-        default=None, metadata={"help": "Keep an EMA teacher of the weights (default: on for adautomix/automix)."}
+        default=None,
+        metadata={"help": "Keep an EMA teacher of the weights (default: on for adautomix/automix)."},
     )
     ema_momentum: float = field(default=0.999, metadata={"help": "EMA momentum ξ₀ at the start."})
-    ema_momentum_end: float = field(default=0.999999, metadata={"help": "EMA momentum ξ_end at the last step."})
+    ema_momentum_end: float = field(
+        default=0.999999, metadata={"help": "EMA momentum ξ_end at the last step."}
+    )
     ema_scope_start: float = field(
         default=0.1, metadata={"help": "Fraction a of training before the cosine rise ξ₀ → ξ_end begins."}
     )
     ema_warmup: bool = field(
         default=True,
-        metadata={"help": "Cap the momentum at 1 − (1 + t)^(−2/3) (timm ModelEmaV3 warm-up) so the teacher is "
-                          "useful on short runs. --ema_warmup False gives the exact released schedule."},
+        metadata={
+            "help": "Cap the momentum at 1 − (1 + t)^(−2/3) (timm ModelEmaV3 warm-up) so the teacher is "
+            "useful on short runs. --ema_warmup False gives the exact released schedule."
+        },
     )
     export_model: Literal["auto", "ema", "online"] = field(
-        default="auto", metadata={"help": "Which weights to export: the EMA teacher (auto when it exists) or online."}
+        default="auto",
+        metadata={"help": "Which weights to export: the EMA teacher (auto when it exists) or online."},
     )
 
     # AdAutoMix / AutoMix ---------------------------------------------------------------------------------------
     adautomix_variant: Literal["released", "paper"] = field(
         default="released",
-        metadata={"help": "released: the official code's generator objective (EMA teacher, alternating "
-                          "adversarial/cooperative steps); paper: Eq. 11/15 (gradient reversal on the online CE)."},
+        metadata={
+            "help": "released: the official code's generator objective (EMA teacher, alternating "
+            "adversarial/cooperative steps); paper: Eq. 11/15 (gradient reversal on the online CE)."
+        },
     )
     mix_num: int = field(default=3, metadata={"help": "N, images per mixed sample (AdAutoMix)."})
     mix_num_random: bool = field(default=False, metadata={"help": "Draw N from {2..mix_num} at every step."})
-    mix_layer: int = field(default=3, metadata={"help": "Teacher stage (1-based) whose features feed the generator."})
+    mix_layer: int = field(
+        default=3, metadata={"help": "Teacher stage (1-based) whose features feed the generator."}
+    )
     lam_concat: bool = field(default=False, metadata={"help": "Append a λ channel to the generator's input."})
     mask_upsample: Literal["auto", "bilinear", "nearest"] = field(
-        default="auto", metadata={"help": "Mask upsampling (auto: bilinear for AdAutoMix, nearest for AutoMix)."}
+        default="auto",
+        metadata={"help": "Mask upsampling (auto: bilinear for AdAutoMix, nearest for AutoMix)."},
     )
-    mce_weight: float = field(default=0.5, metadata={"help": "α: weight of the vanilla N-way mixup CE (N ≥ 3)."})
+    mce_weight: float = field(
+        default=0.5, metadata={"help": "α: weight of the vanilla N-way mixup CE (N ≥ 3)."}
+    )
     adv_weight: float = field(default=0.3, metadata={"help": "β: weight of the adversarial teacher CE."})
     lam_margin: float | None = field(
-        default=None, metadata={"help": "m: vanilla mixup replaces the mask when λ is within m of 0 or 1 "
-                                        "(default 0.03 AdAutoMix, 0.08 AutoMix)."}
+        default=None,
+        metadata={
+            "help": "m: vanilla mixup replaces the mask when λ is within m of 0 or 1 "
+            "(default 0.03 AdAutoMix, 0.08 AutoMix)."
+        },
     )
     teacher_ref_passes: Literal["shared", "separate"] = field(
         default="shared",
-        metadata={"help": "AdAutoMix cosine references: 'shared' reuses the teacher's clean pass (same maths, "
-                          "fewer passes); 'separate' runs N extra teacher passes exactly as released."},
+        metadata={
+            "help": "AdAutoMix cosine references: 'shared' reuses the teacher's clean pass (same maths, "
+            "fewer passes); 'separate' runs N extra teacher passes exactly as released."
+        },
     )
-    share_mix_head: bool = field(default=False, metadata={"help": "Use the model's own head for mixed images too."})
-    generator_lr: float | None = field(default=None, metadata={"help": "Generator learning rate (default: --learning_rate)."})
+    share_mix_head: bool = field(
+        default=False, metadata={"help": "Use the model's own head for mixed images too."}
+    )
+    generator_lr: float | None = field(
+        default=None, metadata={"help": "Generator learning rate (default: --learning_rate)."}
+    )
     generator_weight_decay: float | None = field(
         default=None, metadata={"help": "Generator weight decay (default: --weight_decay)."}
     )
     generator_min_lr: float | None = field(
         default=None,
-        metadata={"help": "If set, the generator's LR follows its own cosine from --generator_lr to this value "
-                          "(the released recipes); otherwise it follows the main schedule."},
+        metadata={
+            "help": "If set, the generator's LR follows its own cosine from --generator_lr to this value "
+            "(the released recipes); otherwise it follows the main schedule."
+        },
     )
     mask_loss_weight: float = field(default=0.1, metadata={"help": "AutoMix mask-area loss weight."})
     save_mix_every: int = field(
-        default=500, metadata={"help": "Save a PNG grid of source images and generated mixes every N steps (0: end only)."}
+        default=500,
+        metadata={
+            "help": "Save a PNG grid of source images and generated mixes every N steps (0: end only)."
+        },
     )
 
-    channels_last: bool = field(default=False, metadata={"help": "Train with channels-last weights and inputs."})
+    channels_last: bool = field(
+        default=False, metadata={"help": "Train with channels-last weights and inputs."}
+    )
 
     # timm's Mixup ------------------------------------------------------------------------------------------------
     timm_mixup_alpha: float = field(default=0.8, metadata={"help": "timm Mixup: mixup_alpha."})
     timm_cutmix_alpha: float = field(default=1.0, metadata={"help": "timm Mixup: cutmix_alpha."})
-    timm_cutmix_minmax: str | None = field(default=None, metadata={"help": "timm Mixup: cutmix_minmax 'lo,hi'."})
+    timm_cutmix_minmax: str | None = field(
+        default=None, metadata={"help": "timm Mixup: cutmix_minmax 'lo,hi'."}
+    )
     timm_switch_prob: float = field(default=0.5, metadata={"help": "timm Mixup: switch_prob."})
-    timm_mode: Literal["batch", "pair", "elem"] = field(default="batch", metadata={"help": "timm Mixup: mode."})
+    timm_mode: Literal["batch", "pair", "elem"] = field(
+        default="batch", metadata={"help": "timm Mixup: mode."}
+    )
 
     def __post_init__(self):
         if self.mixup not in MIXUP_CHOICES:
@@ -144,7 +206,9 @@ class MixupArguments:
         if self.mix_num < 2:
             raise ValueError(f"--mix_num must be >= 2, got {self.mix_num}.")
         if not 0 <= self.mce_weight <= 1 or not 0 <= self.adv_weight <= 1:
-            raise ValueError(f"--mce_weight and --adv_weight must be in [0, 1]; got {self.mce_weight}, {self.adv_weight}.")
+            raise ValueError(
+                f"--mce_weight and --adv_weight must be in [0, 1]; got {self.mce_weight}, {self.adv_weight}."
+            )
         for name in ("ema_momentum", "ema_momentum_end"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be in [0, 1), got {getattr(self, name)}.")
@@ -153,8 +217,10 @@ class MixupArguments:
         if self.ema is None:
             self.ema = self.mixup in LEARNED_MIXERS
         if self.mixup in LEARNED_MIXERS and not self.ema:
-            raise ValueError(f"--mixup {self.mixup} needs its EMA teacher (the generator's encoder and judge); "
-                             "drop --ema False.")
+            raise ValueError(
+                f"--mixup {self.mixup} needs its EMA teacher (the generator's encoder and judge); "
+                "drop --ema False."
+            )
 
     @property
     def learned(self) -> bool:

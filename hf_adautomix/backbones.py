@@ -198,12 +198,19 @@ class TimmAdapter(ClassifierAdapter):
         pooled = self.model.forward_head(final, pre_logits=True)
         return Features(pooled, self.head(pooled), stage_map)
 
-    def save_native(self, save_directory: str, label_names: list[str] | None = None, data_config=None) -> None:
+    def save_native(
+        self, save_directory: str, label_names: list[str] | None = None, data_config=None
+    ) -> None:
         from timm.models import save_for_hf
 
         model_config = {"label_names": label_names} if label_names else None
-        save_for_hf(self.model, save_directory, model_config=model_config, data_config=data_config,
-                    safe_serialization=True)
+        save_for_hf(
+            self.model,
+            save_directory,
+            model_config=model_config,
+            data_config=data_config,
+            safe_serialization=True,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -255,12 +262,16 @@ class TransformersAdapter(ClassifierAdapter):
                     with torch.no_grad():
                         p = next(self.model.parameters())
                         x = torch.zeros(1, 3, *self.input_size, device=p.device, dtype=p.dtype)
-                        hidden = self.model(pixel_values=x, output_hidden_states=True, return_dict=True).hidden_states
+                        hidden = self.model(
+                            pixel_values=x, output_hidden_states=True, return_dict=True
+                        ).hidden_states
                 finally:
                     self.model.train(was_training)
                 if not hidden:
-                    raise ValueError(f"{type(self.model).__name__} returns no hidden_states, so stage features "
-                                     "cannot be tapped.")
+                    raise ValueError(
+                        f"{type(self.model).__name__} returns no hidden_states, so stage features "
+                        "cannot be tapped."
+                    )
                 self._num_stages = len(hidden) - 1
         return self._num_stages
 
@@ -374,9 +385,15 @@ def cifar_stem_timm(model: nn.Module) -> nn.Module:
         model.conv1 = nn.Conv2d(old.in_channels, old.out_channels, 3, stride=1, padding=1, bias=False)
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
         model.maxpool = nn.Identity()
-    elif hasattr(model, "stem") and isinstance(model.stem, nn.Sequential) and isinstance(model.stem[0], nn.Conv2d):
+    elif (
+        hasattr(model, "stem")
+        and isinstance(model.stem, nn.Sequential)
+        and isinstance(model.stem[0], nn.Conv2d)
+    ):
         old = model.stem[0]
-        model.stem[0] = nn.Conv2d(old.in_channels, old.out_channels, 3, stride=1, padding=1, bias=old.bias is not None)
+        model.stem[0] = nn.Conv2d(
+            old.in_channels, old.out_channels, 3, stride=1, padding=1, bias=old.bias is not None
+        )
     else:
         raise ValueError(
             f"--cifar_stem supports timm ResNet/ResNeXt and ConvNeXt, not {type(model).__name__}."
@@ -398,7 +415,9 @@ def register_timm_cifar(arch: str) -> str:
         kwargs.pop("pretrained_model_args", None)
         cfg = pretrained_cfg if isinstance(pretrained_cfg, dict) else getattr(pretrained_cfg, "__dict__", {})
         local_file = cfg.get("file") if cfg.get("source") == "local-dir" else None
-        model = timm.create_model(arch, pretrained=pretrained and local_file is None, cache_dir=cache_dir, **kwargs)
+        model = timm.create_model(
+            arch, pretrained=pretrained and local_file is None, cache_dir=cache_dir, **kwargs
+        )
         cifar_stem_timm(model)
         if pretrained and local_file:
             path = local_file if os.path.isfile(local_file) else os.path.join(local_file, "model.safetensors")
@@ -452,8 +471,15 @@ def build_model(
     revision: str = "main",
 ) -> nn.Module:
     """Build the user's classifier from exactly one of model_name_or_path / model_type / timm_model."""
-    given = [n for n, v in (("--model_name_or_path", model_name_or_path), ("--model_type", model_type),
-                            ("--timm_model", timm_model)) if v]
+    given = [
+        n
+        for n, v in (
+            ("--model_name_or_path", model_name_or_path),
+            ("--model_type", model_type),
+            ("--timm_model", timm_model),
+        )
+        if v
+    ]
     if len(given) != 1:
         raise ValueError(
             f"Give exactly one of --model_name_or_path, --model_type or --timm_model (got {given or 'none'})."
@@ -472,24 +498,33 @@ def build_model(
             kwargs.setdefault("img_size", image_size)
         try:
             if cifar_stem:
-                model = timm.create_model(register_timm_cifar(name), pretrained=pretrained, num_classes=num_labels,
-                                          **kwargs)
+                model = timm.create_model(
+                    register_timm_cifar(name), pretrained=pretrained, num_classes=num_labels, **kwargs
+                )
             else:
-                model = timm.create_model(name, pretrained=pretrained or bool(model_name_or_path),
-                                          num_classes=num_labels, **kwargs)
+                model = timm.create_model(
+                    name, pretrained=pretrained or bool(model_name_or_path), num_classes=num_labels, **kwargs
+                )
         except RuntimeError as e:
             if "Unknown model" in str(e):
                 raise ValueError(f"timm has no architecture '{name}' (see timm.list_models()).") from e
             raise _offline_error(name, e) from e
         except (OSError, ValueError) as e:
             raise _offline_error(name, e) from e
-        model.pretrained_cfg = {**model.pretrained_cfg, "label_names": [id2label[i] for i in range(num_labels)]}
+        model.pretrained_cfg = {
+            **model.pretrained_cfg,
+            "label_names": [id2label[i] for i in range(num_labels)],
+        }
         return model
 
     from transformers import AutoConfig, AutoModelForImageClassification
 
-    common = dict(num_labels=num_labels, id2label=id2label, label2id=label2id,
-                  problem_type="single_label_classification")
+    common = dict(
+        num_labels=num_labels,
+        id2label=id2label,
+        label2id=label2id,
+        problem_type="single_label_classification",
+    )
     if model_type:
         if model_type == "resnet" and cifar_stem:
             model_type = "cifar_resnet"
@@ -503,12 +538,19 @@ def build_model(
             config.image_size = image_size
         return AutoModelForImageClassification.from_config(config)
     try:
-        config = AutoConfig.from_pretrained(model_name_or_path, cache_dir=cache_dir, token=token, revision=revision,
-                                            **overrides, **common)
+        config = AutoConfig.from_pretrained(
+            model_name_or_path, cache_dir=cache_dir, token=token, revision=revision, **overrides, **common
+        )
         if cifar_stem:
-            raise ValueError("--cifar_stem changes the architecture; use it with --model_type or --timm_model.")
+            raise ValueError(
+                "--cifar_stem changes the architecture; use it with --model_type or --timm_model."
+            )
         return AutoModelForImageClassification.from_pretrained(
-            model_name_or_path, config=config, cache_dir=cache_dir, token=token, revision=revision,
+            model_name_or_path,
+            config=config,
+            cache_dir=cache_dir,
+            token=token,
+            revision=revision,
             ignore_mismatched_sizes=ignore_mismatched_sizes,
         )
     except OSError as e:
@@ -531,8 +573,13 @@ def _timm_takes_img_size(name: str) -> bool:
 
 def _offline_error(name: str, err: Exception) -> Exception:
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-    hint = (" HF_HUB_OFFLINE is set, so only local folders and the local cache are used."
-            if offline else " Check the name, your network and your token.")
+    hint = (
+        " HF_HUB_OFFLINE is set, so only local folders and the local cache are used."
+        if offline
+        else " Check the name, your network and your token."
+    )
     detail = " ".join(str(err).split())  # one paragraph
-    return ValueError(f"Could not load model '{name}': {type(err).__name__}: {detail}{hint} To train without "
-                      "downloading anything, use --model_type (transformers) or --timm_model (timm) instead.")
+    return ValueError(
+        f"Could not load model '{name}': {type(err).__name__}: {detail}{hint} To train without "
+        "downloading anything, use --model_type (transformers) or --timm_model (timm) instead."
+    )

@@ -24,6 +24,8 @@ class CifarResNetForImageClassification(ResNetForImageClassification):
     def __init__(self, config: CifarResNetConfig):
         super().__init__(config)
         stem = self.resnet.embedder.embedder  # ResNetConvLayer(conv 7x7/2, BN, act)
-        stem.convolution = nn.Conv2d(config.num_channels, config.embedding_size, 3, stride=1, padding=1, bias=False)
+        stem.convolution = nn.Conv2d(
+            config.num_channels, config.embedding_size, 3, stride=1, padding=1, bias=False
+        )
         self.resnet.embedder.pooler = nn.Identity()
         self.post_init()

@@ -38,15 +38,21 @@ class EMASchedule:
         if step < self.scope_start * total:
             m = self.momentum
         else:
-            m = self.momentum_end - (self.momentum_end - self.momentum) * (1 + math.cos(math.pi * step / total)) / 2
+            m = (
+                self.momentum_end
+                - (self.momentum_end - self.momentum) * (1 + math.cos(math.pi * step / total)) / 2
+            )
         if self.warmup:
             m = min(m, 1 - (1 + step) ** -self.warmup_power)
         return m
 
     def describe(self) -> str:
-        base = (f"released cosine schedule ξ {self.momentum} → {self.momentum_end} over "
-                f"[{self.scope_start}·T, T]")
-        return base + (", capped by the warm-up 1 − (1 + t)^(−2/3)" if self.warmup else " (exact, no warm-up)")
+        base = (
+            f"released cosine schedule ξ {self.momentum} → {self.momentum_end} over [{self.scope_start}·T, T]"
+        )
+        return base + (
+            ", capped by the warm-up 1 − (1 + t)^(−2/3)" if self.warmup else " (exact, no warm-up)"
+        )
 
 
 class MixupModel(nn.Module):
@@ -59,8 +65,14 @@ class MixupModel(nn.Module):
         ema_schedule: the teacher's momentum schedule.
     """
 
-    def __init__(self, classifier: nn.Module, mixer: Mixer | None = None, *, ema: bool = False,
-                 ema_schedule: EMASchedule | None = None):
+    def __init__(
+        self,
+        classifier: nn.Module,
+        mixer: Mixer | None = None,
+        *,
+        ema: bool = False,
+        ema_schedule: EMASchedule | None = None,
+    ):
         super().__init__()
         self.classifier: ClassifierAdapter = wrap_classifier(classifier)
         self.mixer = mixer if mixer is not None else NoMix(num_classes=self.classifier.num_classes)
@@ -94,14 +106,18 @@ class MixupModel(nn.Module):
         self.channels_last = True
         return self.to(memory_format=torch.channels_last)
 
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         if self.channels_last:
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         if self.training:
             if labels is None:
                 raise ValueError("Training needs `labels` in each batch (integer class ids).")
             if self.mixer.learned:
-                terms = self.mixer(pixel_values, labels, self.classifier, teacher=self.teacher, step=int(self.step))
+                terms = self.mixer(
+                    pixel_values, labels, self.classifier, teacher=self.teacher, step=int(self.step)
+                )
             else:
                 terms = self.mixer(pixel_values, labels, self.classifier)
             self.last_terms = {k: v.detach() for k, v in terms.items() if k != "loss"}

@@ -34,7 +34,11 @@ class EMACallback(TrainerCallback):
             model.update_ema()
         else:
             model.step += 1
-        if args.world_size > 1 and args.ddp_broadcast_buffers is not False and torch.distributed.is_initialized():
+        if (
+            args.world_size > 1
+            and args.ddp_broadcast_buffers is not False
+            and torch.distributed.is_initialized()
+        ):
             # DDP syncs buffers from rank 0 only at the start of each forward, so the train-mode forwards of the
             # last step (classifier and teacher BN statistics) would leave ranks different for evaluation/export.
             for buffer in model.buffers():
@@ -68,7 +72,9 @@ class _GeneratorCosine:
         self.total, self.floor = max(total, 1), floor
 
     def __call__(self, step: int) -> float:
-        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * min(step, self.total) / self.total))
+        return self.floor + (1 - self.floor) * 0.5 * (
+            1 + math.cos(math.pi * min(step, self.total) / self.total)
+        )
 
 
 class AdAutoMixTrainer(Trainer):
@@ -88,9 +94,18 @@ class AdAutoMixTrainer(Trainer):
     # accumulation steps itself (hf-ecosystem §1.3: the default would skip that for ResNet-like models).
     loss_is_scaled_for_ga = False
 
-    def __init__(self, model: nn.Module | None = None, args: TrainingArguments | None = None,
-                 mixup_args: MixupArguments | None = None, train_dataset=None, eval_dataset=None,
-                 data_collator=None, compute_metrics=None, transform_info=None, **kwargs):
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: TrainingArguments | None = None,
+        mixup_args: MixupArguments | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        data_collator=None,
+        compute_metrics=None,
+        transform_info=None,
+        **kwargs,
+    ):
         from . import data as data_lib
         from .evaluation import compute_metrics as default_metrics
 
@@ -113,32 +128,51 @@ class AdAutoMixTrainer(Trainer):
             wrapper.to_channels_last()
         self.transform_info = transform_info
         if train_dataset is not None or eval_dataset is not None:
-            train_dataset, eval_dataset, info = _auto_transform(train_dataset, eval_dataset, wrapper, args.seed)
+            train_dataset, eval_dataset, info = _auto_transform(
+                train_dataset, eval_dataset, wrapper, args.seed
+            )
             self.transform_info = self.transform_info or info
         if self.transform_info is not None and hasattr(wrapper.mixer, "image_mean"):
             # PuzzleMix undoes the input normalisation for its smoothness term.
             wrapper.mixer.image_mean.copy_(torch.tensor(self.transform_info.mean).view(1, -1, 1, 1))
             wrapper.mixer.image_std.copy_(torch.tensor(self.transform_info.std).view(1, -1, 1, 1))
-        super().__init__(model=wrapper, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         data_collator=data_collator or data_lib.collate_fn,
-                         compute_metrics=compute_metrics or default_metrics, **kwargs)
+        super().__init__(
+            model=wrapper,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            data_collator=data_collator or data_lib.collate_fn,
+            compute_metrics=compute_metrics or default_metrics,
+            **kwargs,
+        )
         self._terms: dict[str, torch.Tensor] = {}
         self._terms_count = 0
         self.add_callback(EMACallback())
         if wrapper.mixer.learned:
             info = self.transform_info
-            self.add_callback(MixGridCallback(mixup_args.save_mix_every, getattr(info, "mean", None),
-                                              getattr(info, "std", None)))
+            self.add_callback(
+                MixGridCallback(
+                    mixup_args.save_mix_every, getattr(info, "mean", None), getattr(info, "std", None)
+                )
+            )
         if wrapper.teacher is not None:
             logger.info("EMA teacher: %s.", wrapper.ema_schedule.describe())
 
     @staticmethod
     def build_wrapper(model: nn.Module, mixup_args: MixupArguments, args: TrainingArguments) -> MixupModel:
         classifier = wrap_classifier(model)
-        mixer = build_mixer(mixup_args, num_classes=classifier.num_classes,
-                            label_smoothing=args.label_smoothing_factor, classifier=classifier)
-        schedule = EMASchedule(momentum=mixup_args.ema_momentum, momentum_end=mixup_args.ema_momentum_end,
-                               scope_start=mixup_args.ema_scope_start, warmup=mixup_args.ema_warmup)
+        mixer = build_mixer(
+            mixup_args,
+            num_classes=classifier.num_classes,
+            label_smoothing=args.label_smoothing_factor,
+            classifier=classifier,
+        )
+        schedule = EMASchedule(
+            momentum=mixup_args.ema_momentum,
+            momentum_end=mixup_args.ema_momentum_end,
+            scope_start=mixup_args.ema_scope_start,
+            warmup=mixup_args.ema_warmup,
+        )
         return MixupModel(classifier, mixer, ema=bool(mixup_args.ema), ema_schedule=schedule)
 
     # -- loss ------------------------------------------------------------------------------------------------
@@ -169,7 +203,11 @@ class AdAutoMixTrainer(Trainer):
             self._terms, self._terms_count = {}, 0
             if self.model.teacher is not None:
                 logs["ema_momentum"] = self.model.current_momentum()
-            if self.optimizer is not None and len(self.optimizer.param_groups) and self._generator_group is not None:
+            if (
+                self.optimizer is not None
+                and len(self.optimizer.param_groups)
+                and self._generator_group is not None
+            ):
                 logs["generator_lr"] = self.optimizer.param_groups[self._generator_group]["lr"]
         super().log(logs, start_time)
 
@@ -189,8 +227,11 @@ class AdAutoMixTrainer(Trainer):
             for p in gen:
                 p.requires_grad_(True)
         lr = self.mixup_args.generator_lr or self.args.learning_rate
-        wd = self.args.weight_decay if self.mixup_args.generator_weight_decay is None else \
-            self.mixup_args.generator_weight_decay
+        wd = (
+            self.args.weight_decay
+            if self.mixup_args.generator_weight_decay is None
+            else self.mixup_args.generator_weight_decay
+        )
         self.optimizer.add_param_group({"params": gen, "lr": lr, "weight_decay": wd})
         self._generator_group = len(self.optimizer.param_groups) - 1
         return self.optimizer
@@ -201,7 +242,9 @@ class AdAutoMixTrainer(Trainer):
         floor = self.mixup_args.generator_min_lr
         if floor is not None and self._generator_group is not None:
             if not hasattr(scheduler, "lr_lambdas"):
-                raise ValueError(f"--generator_min_lr needs a LambdaLR schedule, not {self.args.lr_scheduler_type}.")
+                raise ValueError(
+                    f"--generator_min_lr needs a LambdaLR schedule, not {self.args.lr_scheduler_type}."
+                )
             base = self.optimizer.param_groups[self._generator_group]["initial_lr"]
             scheduler.lr_lambdas[self._generator_group] = _GeneratorCosine(num_training_steps, floor / base)
         return scheduler
@@ -228,8 +271,14 @@ class AdAutoMixTrainer(Trainer):
         else:
             super()._save(output_dir, state_dict)
 
-    def create_model_card(self, *, dataset: str | None = None, finetuned_from: str | None = None,
-                          tags: str | list[str] | None = None, **_ignored) -> str:
+    def create_model_card(
+        self,
+        *,
+        dataset: str | None = None,
+        finetuned_from: str | None = None,
+        tags: str | list[str] | None = None,
+        **_ignored,
+    ) -> str:
         """Override: our card (method, EMA schedule, exported weights, online + EMA metrics) instead of Trainer's,
         also when `push_to_hub()` writes it. Metrics are the latest evaluation's in the log history."""
         from .hub import write_model_card
@@ -238,9 +287,13 @@ class AdAutoMixTrainer(Trainer):
         for entry in self.state.log_history:
             metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
         tags = [tags] if isinstance(tags, str) else list(tags or [])
-        return write_model_card(self, metrics=metrics, dataset=dataset or "unknown",
-                                finetuned_from=finetuned_from,
-                                tags=tags + ["image-classification", "vision", self.mixup_args.mixup])
+        return write_model_card(
+            self,
+            metrics=metrics,
+            dataset=dataset or "unknown",
+            finetuned_from=finetuned_from,
+            tags=tags + ["image-classification", "vision", self.mixup_args.mixup],
+        )
 
     def export_model(self, output_dir: str | None = None, which: str | None = None) -> str:
         """Write the chosen weights (EMA teacher by default when there is one) in the model's native format,
@@ -258,9 +311,14 @@ class AdAutoMixTrainer(Trainer):
         if adapter.family == "timm":
             data_config = None
             if info is not None:
-                data_config = {"input_size": (3, info.size, info.size), "mean": tuple(info.mean),
-                               "std": tuple(info.std), "crop_pct": 1.0 if info.recipe == "cifar" else 0.875,
-                               "interpolation": "bilinear", "crop_mode": "center"}
+                data_config = {
+                    "input_size": (3, info.size, info.size),
+                    "mean": tuple(info.mean),
+                    "std": tuple(info.std),
+                    "crop_pct": 1.0 if info.recipe == "cifar" else 0.875,
+                    "interpolation": "bilinear",
+                    "crop_mode": "center",
+                }
             adapter.save_native(output_dir, label_names=labels, data_config=data_config)
         else:
             adapter.save_native(output_dir)
@@ -270,20 +328,28 @@ class AdAutoMixTrainer(Trainer):
         if processor is not None and hasattr(processor, "save_pretrained"):
             processor.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
-        logger.info("Exported the %s model (%s) to %s", "EMA" if adapter is self.model.teacher else "online",
-                    adapter.family, output_dir)
+        logger.info(
+            "Exported the %s model (%s) to %s",
+            "EMA" if adapter is self.model.teacher else "online",
+            adapter.family,
+            output_dir,
+        )
         return output_dir
 
 
 def _refuse_sharded_training(args: TrainingArguments) -> None:
     """DeepSpeed/FSDP would shard the EMA teacher and the generator; refuse them before Trainer sets anything up
     (on CPU accelerate would silently fall back to plain DDP)."""
-    env = {k: os.environ.get(k, "").lower() in ("1", "true", "yes") for k in
-           ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")}
+    env = {
+        k: os.environ.get(k, "").lower() in ("1", "true", "yes")
+        for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
+    }
     if args.fsdp or args.deepspeed or any(env.values()):
-        raise ValueError("hf_adautomix supports single-device and DDP training (accelerate launch --multi_gpu, "
-                         "torchrun, CPU multi-process with --use_cpu); DeepSpeed and FSDP are not supported: "
-                         "drop --fsdp/--deepspeed (or the accelerate config that enables them).")
+        raise ValueError(
+            "hf_adautomix supports single-device and DDP training (accelerate launch --multi_gpu, "
+            "torchrun, CPU multi-process with --use_cpu); DeepSpeed and FSDP are not supported: "
+            "drop --fsdp/--deepspeed (or the accelerate config that enables them)."
+        )
 
 
 def _auto_transform(train, evaluation, wrapper: MixupModel, seed: int):
@@ -303,20 +369,38 @@ def _auto_transform(train, evaluation, wrapper: MixupModel, seed: int):
     image_col = data_lib._find_column(first, None, data_lib.IMAGE_COLUMN_CANDIDATES, "image", "train")
     label_col = data_lib._find_column(first, None, data_lib.LABEL_COLUMN_CANDIDATES, "label", "train")
     feature = first.features[label_col]
-    names = list(feature.names) if hasattr(feature, "names") else [str(i) for i in range(wrapper.classifier.num_classes)]
-    image_data = data_lib.ImageData(train=first, validation=raw[-1], image_column=image_col, label_column=label_col,
-                                    labels=names, source="user dataset")
-    size = wrapper.classifier.input_size[0] if wrapper.classifier.family == "timm" or \
-        getattr(wrapper.classifier.model.config, "image_size", None) else None
-    info = data_lib.resolve_transform_info(image_data, data_lib.DataTrainingArguments(), image_size=size, seed=seed)
+    names = (
+        list(feature.names)
+        if hasattr(feature, "names")
+        else [str(i) for i in range(wrapper.classifier.num_classes)]
+    )
+    image_data = data_lib.ImageData(
+        train=first,
+        validation=raw[-1],
+        image_column=image_col,
+        label_column=label_col,
+        labels=names,
+        source="user dataset",
+    )
+    size = (
+        wrapper.classifier.input_size[0]
+        if wrapper.classifier.family == "timm" or getattr(wrapper.classifier.model.config, "image_size", None)
+        else None
+    )
+    info = data_lib.resolve_transform_info(
+        image_data, data_lib.DataTrainingArguments(), image_size=size, seed=seed
+    )
     train_tf, eval_tf = data_lib.build_transforms(info.recipe, info.size, info.mean, info.std)
-    logger.info("Applying the default '%s' transforms (size %d) to the raw image datasets.", info.recipe, info.size)
+    logger.info(
+        "Applying the default '%s' transforms (size %d) to the raw image datasets.", info.recipe, info.size
+    )
     out = []
     for ds in (train, evaluation):
         if is_raw(ds):
             tf = train_tf if ds is train else eval_tf
             ds = data_lib.apply_transforms(
-                data_lib.replace(image_data, train=ds, validation=ds), tf, tf).train
+                data_lib.replace(image_data, train=ds, validation=ds), tf, tf
+            ).train
         out.append(ds)
     return out[0], out[1], info
 

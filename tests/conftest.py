@@ -25,12 +25,22 @@ FAMILIES = {
     "hf_convnext": (dict(model_type="convnext", config_overrides=TINY_CONVNEXT, cifar_stem=True), 32),
     "hf_swin": (dict(model_type="swin", config_overrides=TINY_SWIN, image_size=64), 64),
     "timm_resnet": (dict(timm_model="resnet18", config_overrides=TIMM_TINY["resnet18"], cifar_stem=True), 32),
-    "timm_resnext": (dict(timm_model="resnext50_32x4d", config_overrides=TIMM_TINY["resnext50_32x4d"],
-                          cifar_stem=True), 32),
-    "timm_convnext": (dict(timm_model="convnext_atto", config_overrides=TIMM_TINY["convnext_atto"],
-                           cifar_stem=True), 32),
-    "timm_swin": (dict(timm_model="swin_tiny_patch4_window7_224",
-                       config_overrides=TIMM_TINY["swin_tiny_patch4_window7_224"], image_size=64), 64),
+    "timm_resnext": (
+        dict(timm_model="resnext50_32x4d", config_overrides=TIMM_TINY["resnext50_32x4d"], cifar_stem=True),
+        32,
+    ),
+    "timm_convnext": (
+        dict(timm_model="convnext_atto", config_overrides=TIMM_TINY["convnext_atto"], cifar_stem=True),
+        32,
+    ),
+    "timm_swin": (
+        dict(
+            timm_model="swin_tiny_patch4_window7_224",
+            config_overrides=TIMM_TINY["swin_tiny_patch4_window7_224"],
+            image_size=64,
+        ),
+        64,
+    ),
 }
 
 
@@ -39,7 +49,9 @@ def make_model(family: str, num_labels: int = 4, seed: int = 0):
 
     kwargs, size = FAMILIES[family]
     torch.manual_seed(seed)
-    return build_model(num_labels=num_labels, id2label={i: f"c{i}" for i in range(num_labels)}, **kwargs), size
+    return build_model(
+        num_labels=num_labels, id2label={i: f"c{i}" for i in range(num_labels)}, **kwargs
+    ), size
 
 
 def tiny_classifier(seed: int = 0, num_labels: int = 4):

@@ -523,7 +523,9 @@ class TestSharedReferencePasses:
             out["loss"].backward()
             outs.append({k: v for k, v in out.items() if k != "loss"} | {"loss": out["loss"].detach()})
             grads_.append([p.grad.clone() for p in model.mixer.generator.parameters()])
-            buffers.append([b.clone() for n, b in model.teacher.named_buffers() if n.endswith("running_mean")])
+            buffers.append(
+                [b.clone() for n, b in model.teacher.named_buffers() if n.endswith("running_mean")]
+            )
         for k in outs[0]:
             assert_close(outs[0][k], outs[1][k], atol=1e-5, rtol=1e-5, msg=k)
         for a, b in zip(*grads_):
@@ -533,8 +535,12 @@ class TestSharedReferencePasses:
 
 def test_share_mix_head_uses_the_models_own_head():
     clf = tiny_classifier()
-    mixer = build_mixer(MixupArguments(mixup="adautomix", share_mix_head=True), num_classes=NUM_CLASSES,
-                        label_smoothing=0.0, classifier=clf)
+    mixer = build_mixer(
+        MixupArguments(mixup="adautomix", share_mix_head=True),
+        num_classes=NUM_CLASSES,
+        label_smoothing=0.0,
+        classifier=clf,
+    )
     model = MixupModel(clf, mixer).train()
     assert mixer.mix_head is None and mixer.ema_pairs() == []
     x, y = batch()

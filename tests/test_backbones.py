@@ -92,7 +92,9 @@ def test_soft_labels_never_reach_hf_model():
 class TestBadInput:
     def test_exactly_one_model_source(self):
         with pytest.raises(ValueError, match="exactly one of --model_name_or_path"):
-            build_model(num_labels=3, id2label={0: "a", 1: "b", 2: "c"}, model_type="resnet", timm_model="resnet18")
+            build_model(
+                num_labels=3, id2label={0: "a", 1: "b", 2: "c"}, model_type="resnet", timm_model="resnet18"
+            )
 
     def test_unknown_timm_arch(self):
         with pytest.raises(ValueError, match="timm has no architecture 'not_a_model'"):
@@ -104,7 +106,9 @@ class TestBadInput:
 
     def test_offline_hub_id_is_one_paragraph(self):
         with pytest.raises(ValueError, match="Could not load model 'someone/unknown-model'.*--model_type"):
-            build_model(num_labels=3, id2label={0: "a", 1: "b", 2: "c"}, model_name_or_path="someone/unknown-model")
+            build_model(
+                num_labels=3, id2label={0: "a", 1: "b", 2: "c"}, model_name_or_path="someone/unknown-model"
+            )
 
     def test_bad_stage(self):
         model, _ = make_model("hf_resnet")
@@ -122,7 +126,12 @@ class TestBadInput:
             wrap_classifier(model)
 
     def test_config_overrides(self):
-        assert parse_config_overrides("a=1,b=[1,2],c=basic,d=true") == {"a": 1, "b": [1, 2], "c": "basic", "d": True}
+        assert parse_config_overrides("a=1,b=[1,2],c=basic,d=true") == {
+            "a": 1,
+            "b": [1, 2],
+            "c": "basic",
+            "d": True,
+        }
         with pytest.raises(ValueError, match="key=value"):
             parse_config_overrides("a=1,oops")
 
@@ -133,8 +142,17 @@ def test_token_model_without_spatial_stages_gets_a_clear_error():
     from hf_adautomix.arguments import MixupArguments
     from hf_adautomix.mixers import build_mixer
 
-    vit = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=3,
-                                              num_attention_heads=2, intermediate_size=16, num_labels=3))
+    vit = ViTForImageClassification(
+        ViTConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=16,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            intermediate_size=16,
+            num_labels=3,
+        )
+    )
     adapter = wrap_classifier(vit)
     assert adapter.num_stages == 3
     with pytest.raises(ValueError, match=r"spatial \(B, C, H, W\) map"):
@@ -144,7 +162,10 @@ def test_token_model_without_spatial_stages_gets_a_clear_error():
 def test_other_hf_families_with_stages_work():
     from transformers import RegNetConfig, RegNetForImageClassification
 
-    model = RegNetForImageClassification(RegNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 32],
-                                                      depths=[1, 1, 1, 1], groups_width=8, num_labels=3))
+    model = RegNetForImageClassification(
+        RegNetConfig(
+            embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[1, 1, 1, 1], groups_width=8, num_labels=3
+        )
+    )
     feats = wrap_classifier(model).forward_features(torch.randn(2, 3, 64, 64), stage=3)
     assert feats.stage_map.ndim == 4 and feats.logits.shape == (2, 3)

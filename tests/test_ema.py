@@ -17,8 +17,6 @@ TINY_RESNET = "embedding_size=8,hidden_sizes=[8,8,16,16],depths=[1,1,1,1],layer_
 XI0, XI_END = 0.999, 0.999999
 
 
-
-
 def learned_model(cls=AdAutoMix, **kwargs):
     clf = tiny_classifier()
     mixer = cls(num_classes=NUM_CLASSES, in_channels=clf.stage_channels(3), mix_head=clf.new_head())

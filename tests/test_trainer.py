@@ -13,16 +13,30 @@ from hf_adautomix.backbones import wrap_classifier
 
 def tensor_dataset(n=16, size=32, num_labels=4, seed=0):
     rng = np.random.default_rng(seed)
-    return Dataset.from_dict({
-        "pixel_values": rng.standard_normal((n, 3, size, size)).astype(np.float32),
-        "labels": (np.arange(n) % num_labels).astype(np.int64),
-    }).with_format("torch")
+    return Dataset.from_dict(
+        {
+            "pixel_values": rng.standard_normal((n, 3, size, size)).astype(np.float32),
+            "labels": (np.arange(n) % num_labels).astype(np.int64),
+        }
+    ).with_format("torch")
 
 
 def targs(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=8,
-                learning_rate=0.05, optim="sgd", max_steps=2, logging_steps=1, save_strategy="no",
-                report_to="none", disable_tqdm=True, use_cpu=True, seed=0, dataloader_num_workers=0)
+    base = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=8,
+        learning_rate=0.05,
+        optim="sgd",
+        max_steps=2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=0,
+        dataloader_num_workers=0,
+    )
     base.update(kw)
     return TrainingArguments(**base)
 
@@ -31,8 +45,11 @@ def targs(tmp_path, **kw):
 def test_ga_loss_is_divided_for_every_family(family, tmp_path):
     """hf-ecosystem §1.3: stock Trainer would not divide a ResNet's loss by the accumulation steps."""
     model, size = make_model(family)
-    trainer = AdAutoMixTrainer(model=model, args=targs(tmp_path, gradient_accumulation_steps=2),
-                               train_dataset=tensor_dataset(8, size))
+    trainer = AdAutoMixTrainer(
+        model=model,
+        args=targs(tmp_path, gradient_accumulation_steps=2),
+        train_dataset=tensor_dataset(8, size),
+    )
     batch = {"pixel_values": torch.randn(4, 3, size, size), "labels": torch.tensor([0, 1, 2, 3])}
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 2  # set by Trainer's loop at each update step
@@ -49,9 +66,16 @@ def test_ga_equals_large_batch_without_batchnorm(family, tmp_path):
     finals = []
     for bs, ga in ((8, 1), (4, 2)):
         model, _ = make_model(family)
-        trainer = AdAutoMixTrainer(model=model, args=targs(tmp_path / f"{bs}", per_device_train_batch_size=bs,
-                                                           gradient_accumulation_steps=ga, max_steps=2),
-                                   train_dataset=ds)
+        trainer = AdAutoMixTrainer(
+            model=model,
+            args=targs(
+                tmp_path / f"{bs}",
+                per_device_train_batch_size=bs,
+                gradient_accumulation_steps=ga,
+                max_steps=2,
+            ),
+            train_dataset=ds,
+        )
         trainer.train()
         finals.append({k: v.clone() for k, v in trainer.model.classifier.state_dict().items()})
     for k in finals[0]:
@@ -70,8 +94,12 @@ def test_raw_image_dataset_gets_default_transforms(tmp_path):
 
     train, val = load_digits_dataset()
     model, _ = make_model("hf_resnet", num_labels=10)
-    trainer = AdAutoMixTrainer(model=model, args=targs(tmp_path), train_dataset=train.select(range(16)),
-                               eval_dataset=val.select(range(8)))
+    trainer = AdAutoMixTrainer(
+        model=model,
+        args=targs(tmp_path),
+        train_dataset=train.select(range(16)),
+        eval_dataset=val.select(range(8)),
+    )
     assert trainer.transform_info.recipe == "cifar" and trainer.transform_info.size == 32
     assert trainer.train_dataset[0]["pixel_values"].shape == (3, 32, 32)
     trainer.train()
@@ -80,8 +108,13 @@ def test_raw_image_dataset_gets_default_transforms(tmp_path):
 
 def test_evaluate_reports_online_and_ema_and_exports_teacher(tmp_path):
     model, _ = make_model("hf_resnet")
-    trainer = AdAutoMixTrainer(model=model, args=targs(tmp_path), mixup_args=MixupArguments(mixup="none", ema=True),
-                               train_dataset=tensor_dataset(), eval_dataset=tensor_dataset(8))
+    trainer = AdAutoMixTrainer(
+        model=model,
+        args=targs(tmp_path),
+        mixup_args=MixupArguments(mixup="none", ema=True),
+        train_dataset=tensor_dataset(),
+        eval_dataset=tensor_dataset(8),
+    )
     trainer.train()
     metrics = trainer.evaluate()
     for key in ("eval_accuracy", "eval_ema_accuracy", "eval_top5_accuracy", "eval_ema_nll", "eval_ema_ece"):
@@ -99,10 +132,19 @@ def test_evaluate_reports_online_and_ema_and_exports_teacher(tmp_path):
 
 def test_generator_param_group_and_own_schedule(tmp_path):
     model, _ = make_model("hf_resnet")
-    mix = MixupArguments(mixup="adautomix", generator_lr=0.2, generator_weight_decay=0.0, generator_min_lr=0.02,
-                         save_mix_every=0)
-    trainer = AdAutoMixTrainer(model=model, args=targs(tmp_path, max_steps=4, lr_scheduler_type="linear"),
-                               mixup_args=mix, train_dataset=tensor_dataset())
+    mix = MixupArguments(
+        mixup="adautomix",
+        generator_lr=0.2,
+        generator_weight_decay=0.0,
+        generator_min_lr=0.02,
+        save_mix_every=0,
+    )
+    trainer = AdAutoMixTrainer(
+        model=model,
+        args=targs(tmp_path, max_steps=4, lr_scheduler_type="linear"),
+        mixup_args=mix,
+        train_dataset=tensor_dataset(),
+    )
     trainer.train()
     group = trainer.optimizer.param_groups[trainer._generator_group]
     gen_ids = {id(p) for p in trainer.model.mixer.generator.parameters()}
@@ -125,9 +167,19 @@ def test_resume_is_exact(mixup, tmp_path):
 
     def run(out, max_steps, resume=None):
         model, _ = make_model("hf_resnet")
-        trainer = AdAutoMixTrainer(model=model, mixup_args=mix, train_dataset=ds,
-                                   args=targs(out, max_steps=max_steps, save_strategy="steps", save_steps=2,
-                                              optim="adamw_torch", lr_scheduler_type="cosine"))
+        trainer = AdAutoMixTrainer(
+            model=model,
+            mixup_args=mix,
+            train_dataset=ds,
+            args=targs(
+                out,
+                max_steps=max_steps,
+                save_strategy="steps",
+                save_steps=2,
+                optim="adamw_torch",
+                lr_scheduler_type="cosine",
+            ),
+        )
         trainer.train(resume_from_checkpoint=resume)
         return trainer.model.state_dict()
 
@@ -149,12 +201,19 @@ def test_torch_compile_and_channels_last(tmp_path):
     """`--torch_compile` (Trainer compiles the whole wrapper) and `--channels_last` train AdAutoMix; channels-last
     gives the same first-step loss as contiguous memory."""
     losses = {}
-    for name, kw, mix_kw in (("plain", {}, {}), ("channels_last", {}, {"channels_last": True}),
-                             ("compiled", {"torch_compile": True}, {})):
+    for name, kw, mix_kw in (
+        ("plain", {}, {}),
+        ("channels_last", {}, {"channels_last": True}),
+        ("compiled", {"torch_compile": True}, {}),
+    ):
         model, _ = make_model("hf_resnet")
-        trainer = AdAutoMixTrainer(model=model, args=targs(tmp_path / name, max_steps=2, **kw),
-                                   mixup_args=MixupArguments(mixup="adautomix", save_mix_every=0, **mix_kw),
-                                   train_dataset=tensor_dataset(), eval_dataset=tensor_dataset(8))
+        trainer = AdAutoMixTrainer(
+            model=model,
+            args=targs(tmp_path / name, max_steps=2, **kw),
+            mixup_args=MixupArguments(mixup="adautomix", save_mix_every=0, **mix_kw),
+            train_dataset=tensor_dataset(),
+            eval_dataset=tensor_dataset(8),
+        )
         trainer.train()
         losses[name] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         assert "eval_ema_loss" in trainer.evaluate()
@@ -176,8 +235,12 @@ def test_push_to_hub_uploads_the_native_model_and_our_card(tmp_path):
             return SimpleNamespace(repo_id=repo_id)
 
         def upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, run_as_future=False, **kw):
-            shutil.copytree(folder_path, hub / repo_id, ignore=shutil.ignore_patterns(*(ignore_patterns or [])),
-                            dirs_exist_ok=True)
+            shutil.copytree(
+                folder_path,
+                hub / repo_id,
+                ignore=shutil.ignore_patterns(*(ignore_patterns or [])),
+                dirs_exist_ok=True,
+            )
             info = SimpleNamespace(commit_url="https://hub/commit", oid="0" * 40)
             if run_as_future:
                 future = Future()
@@ -187,10 +250,13 @@ def test_push_to_hub_uploads_the_native_model_and_our_card(tmp_path):
 
     model, _ = make_model("hf_resnet")
     with mock.patch("transformers.trainer.hf_api", return_value=FakeApi()):
-        trainer = AdAutoMixTrainer(model=model, args=targs(tmp_path / "out", push_to_hub=True,
-                                                           hub_model_id="me/tiny-ada"),
-                                   mixup_args=MixupArguments(mixup="adautomix", save_mix_every=0),
-                                   train_dataset=tensor_dataset(), eval_dataset=tensor_dataset(8))
+        trainer = AdAutoMixTrainer(
+            model=model,
+            args=targs(tmp_path / "out", push_to_hub=True, hub_model_id="me/tiny-ada"),
+            mixup_args=MixupArguments(mixup="adautomix", save_mix_every=0),
+            train_dataset=tensor_dataset(),
+            eval_dataset=tensor_dataset(8),
+        )
         trainer.train()
         trainer.evaluate()
         trainer.push_to_hub(dataset="tiny", finetuned_from=None)

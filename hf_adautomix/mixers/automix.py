@@ -67,7 +67,9 @@ class AdaptiveMask(nn.Module):
         upsample: "bilinear" (released CNN configs) or "nearest" (ViT configs).
     """
 
-    def __init__(self, in_channels: int, *, lam_concat: bool = False, upsample: str = "bilinear", reduction: int = 2):
+    def __init__(
+        self, in_channels: int, *, lam_concat: bool = False, upsample: str = "bilinear", reduction: int = 2
+    ):
         super().__init__()
         c = in_channels + int(lam_concat)
         self.dim = max(in_channels // reduction, 1)
@@ -104,7 +106,9 @@ class PixelMixBlock(nn.Module):
     """AutoMix's mix block (§7.2): one shared 1×1 conv as query and key (no activation), a value from the second
     image only; s = sigmoid(Upsample(softmax(QᵀK/√d) V₂)) is image 2's weight, 1 − s image 1's."""
 
-    def __init__(self, in_channels: int, *, lam_concat: bool = False, upsample: str = "nearest", reduction: int = 2):
+    def __init__(
+        self, in_channels: int, *, lam_concat: bool = False, upsample: str = "nearest", reduction: int = 2
+    ):
         super().__init__()
         c = in_channels + int(lam_concat)
         self.dim = max(in_channels // reduction, 1)
@@ -146,8 +150,17 @@ class _LearnedMixer(Mixer):
 
     learned = True
 
-    def __init__(self, *, num_classes: int, generator: nn.Module, mix_head: nn.Module | None, mix_layer: int,
-                 alpha: float, lam_margin: float, label_smoothing: float = 0.0):
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        generator: nn.Module,
+        mix_head: nn.Module | None,
+        mix_layer: int,
+        alpha: float,
+        lam_margin: float,
+        label_smoothing: float = 0.0,
+    ):
         super().__init__(num_classes=num_classes, label_smoothing=label_smoothing)
         if alpha <= 0:
             raise ValueError(f"alpha (Beta α_B) must be > 0, got {alpha}.")
@@ -155,7 +168,9 @@ class _LearnedMixer(Mixer):
             raise ValueError(f"lam_margin must be in [0, 0.5), got {lam_margin}.")
         self.generator = generator
         self.mix_head = mix_head  # None: the model's own head serves mixed images too (--share_mix_head)
-        self.mix_head_teacher = copy.deepcopy(mix_head).requires_grad_(False) if mix_head is not None else None
+        self.mix_head_teacher = (
+            copy.deepcopy(mix_head).requires_grad_(False) if mix_head is not None else None
+        )
         self.mix_layer = mix_layer
         self.alpha = alpha
         self.lam_margin = lam_margin
@@ -184,13 +199,20 @@ class _LearnedMixer(Mixer):
     def _stats(self, masks: torch.Tensor, lam: torch.Tensor) -> dict[str, torch.Tensor]:
         mean = masks.detach().float().mean(dim=(0, 2, 3))
         ent = -(masks.detach().float().clamp_min(1e-12).log() * masks.detach().float()).sum(1).mean()
-        return {"mask_mean_1": mean[0], "lam_1": lam[0].detach().float(),
-                "mask_lam_gap": (mean - lam.float().to(mean.device)).abs().mean(), "mask_entropy": ent}
+        return {
+            "mask_mean_1": mean[0],
+            "lam_1": lam[0].detach().float(),
+            "mask_lam_gap": (mean - lam.float().to(mean.device)).abs().mean(),
+            "mask_entropy": ent,
+        }
 
     def _capture(self, x, perms, x_mix, lam):
         if self.capture:
-            self.last_mix = {"sources": torch.stack([x[p[:4]] for p in perms]).detach().float().cpu(),
-                             "mixes": x_mix[:4].detach().float().cpu(), "lam": lam.detach().float().cpu()}
+            self.last_mix = {
+                "sources": torch.stack([x[p[:4]] for p in perms]).detach().float().cpu(),
+                "mixes": x_mix[:4].detach().float().cpu(),
+                "lam": lam.detach().float().cpu(),
+            }
 
 
 class AdAutoMix(_LearnedMixer):
@@ -212,32 +234,61 @@ class AdAutoMix(_LearnedMixer):
             bit); the default shares the clean pass (§9.1), same maths, fewer passes.
     """
 
-    def __init__(self, *, num_classes: int, in_channels: int, mix_head: nn.Module | None, mix_layer: int = 3,
-                 mix_num: int = 3, mix_num_random: bool = False, alpha: float = 1.0, mce_weight: float = 0.5,
-                 adv_weight: float = 0.3, lam_margin: float = 0.03, lam_concat: bool = False,
-                 upsample: str = "bilinear", variant: str = "released", label_smoothing: float = 0.0,
-                 separate_ref_passes: bool = False):
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        in_channels: int,
+        mix_head: nn.Module | None,
+        mix_layer: int = 3,
+        mix_num: int = 3,
+        mix_num_random: bool = False,
+        alpha: float = 1.0,
+        mce_weight: float = 0.5,
+        adv_weight: float = 0.3,
+        lam_margin: float = 0.03,
+        lam_concat: bool = False,
+        upsample: str = "bilinear",
+        variant: str = "released",
+        label_smoothing: float = 0.0,
+        separate_ref_passes: bool = False,
+    ):
         if mix_num < 2:
             raise ValueError(f"mix_num must be >= 2, got {mix_num}.")
         if variant not in ("released", "paper"):
             raise ValueError(f"variant must be 'released' or 'paper', got '{variant}'.")
-        super().__init__(num_classes=num_classes, mix_head=mix_head, mix_layer=mix_layer, alpha=alpha,
-                         lam_margin=lam_margin, label_smoothing=label_smoothing,
-                         generator=AdaptiveMask(in_channels, lam_concat=lam_concat, upsample=upsample))
+        super().__init__(
+            num_classes=num_classes,
+            mix_head=mix_head,
+            mix_layer=mix_layer,
+            alpha=alpha,
+            lam_margin=lam_margin,
+            label_smoothing=label_smoothing,
+            generator=AdaptiveMask(in_channels, lam_concat=lam_concat, upsample=upsample),
+        )
         self.mix_num, self.mix_num_random = mix_num, mix_num_random
         self.mce_weight, self.adv_weight, self.variant = mce_weight, adv_weight, variant
         self.separate_ref_passes = separate_ref_passes
 
     @classmethod
     def from_args(cls, args, *, num_classes, label_smoothing, classifier):
-        return cls(num_classes=num_classes, in_channels=classifier.stage_channels(args.mix_layer),
-                   mix_head=None if args.share_mix_head else classifier.new_head(), mix_layer=args.mix_layer,
-                   mix_num=args.mix_num, mix_num_random=args.mix_num_random, alpha=args.mix_alpha or 1.0,
-                   mce_weight=args.mce_weight, adv_weight=args.adv_weight,
-                   lam_margin=0.03 if args.lam_margin is None else args.lam_margin, lam_concat=args.lam_concat,
-                   upsample="bilinear" if args.mask_upsample == "auto" else args.mask_upsample,
-                   variant=args.adautomix_variant, label_smoothing=label_smoothing,
-                   separate_ref_passes=args.teacher_ref_passes == "separate")
+        return cls(
+            num_classes=num_classes,
+            in_channels=classifier.stage_channels(args.mix_layer),
+            mix_head=None if args.share_mix_head else classifier.new_head(),
+            mix_layer=args.mix_layer,
+            mix_num=args.mix_num,
+            mix_num_random=args.mix_num_random,
+            alpha=args.mix_alpha or 1.0,
+            mce_weight=args.mce_weight,
+            adv_weight=args.adv_weight,
+            lam_margin=0.03 if args.lam_margin is None else args.lam_margin,
+            lam_concat=args.lam_concat,
+            upsample="bilinear" if args.mask_upsample == "auto" else args.mask_upsample,
+            variant=args.adautomix_variant,
+            label_smoothing=label_smoothing,
+            separate_ref_passes=args.teacher_ref_passes == "separate",
+        )
 
     # -- sampling (§2.2) -------------------------------------------------------------------------------------
     def sample(self, batch_size: int, device) -> dict[str, torch.Tensor]:
@@ -254,8 +305,13 @@ class AdAutoMix(_LearnedMixer):
             lam_mb = lam_bb = g / g.sum()
             pi = torch.stack([torch.randperm(batch_size) for _ in range(n)])
             sigma = torch.stack([torch.randperm(batch_size) for _ in range(n)])
-        return {"n": n, "lam_mb": lam_mb.to(device), "lam_bb": lam_bb.to(device), "pi": pi.to(device),
-                "sigma": sigma.to(device)}
+        return {
+            "n": n,
+            "lam_mb": lam_mb.to(device),
+            "lam_bb": lam_bb.to(device),
+            "pi": pi.to(device),
+            "sigma": sigma.to(device),
+        }
 
     def margin_hit(self, lam_bb: torch.Tensor) -> bool:
         """JinXins' test (§11 B1): λ₁ ≤ m or λ₁ > 1 − m (N=2: λ ≤ m or 1 − λ ≤ m)."""
@@ -285,7 +341,9 @@ class AdAutoMix(_LearnedMixer):
         with torch.no_grad():
             if not self.separate_ref_passes:
                 masks_bb = self.generator(fmap[sigma], lam_bb, size)
-            if self.margin_hit(lam_bb):  # classifier branch falls back to vanilla mixup; every channel (§11 B3)
+            if self.margin_hit(
+                lam_bb
+            ):  # classifier branch falls back to vanilla mixup; every channel (§11 B3)
                 masks_bb = lam_bb.float().view(1, n, 1, 1).expand_as(masks_bb).clone()
             x_bb = _mix(x, sigma, masks_bb)
 
@@ -304,8 +362,9 @@ class AdAutoMix(_LearnedMixer):
         if self.variant == "paper":
             # Eq. 14/15: one generated set trains the classifier (descent) and, through gradient reversal, the
             # generator (ascent on the online model's mixed CE).
-            loss_gen = _mix_ce(head_q(classifier.forward_features(GradReverse.apply(x_mb)).pooled), y, pi, lam_mb,
-                               eps)
+            loss_gen = _mix_ce(
+                head_q(classifier.forward_features(GradReverse.apply(x_mb)).pooled), y, pi, lam_mb, eps
+            )
         else:
             loss_gen = _mix_ce(head_q(classifier.forward_features(x_bb).pooled), y, sigma, lam_bb, eps)
 
@@ -318,8 +377,9 @@ class AdAutoMix(_LearnedMixer):
             refs = [ref_logits[pi[i]] for i in range(n)]
         teacher.train(False)
         loss_k = _mix_ce(z, y, pi, lam_mb, eps)
-        cos = sum(lam_mb[i] * F.cosine_similarity(z.float(), refs[i].float(), dim=1, eps=1e-8)
-                  for i in range(n)).mean()
+        cos = sum(
+            lam_mb[i] * F.cosine_similarity(z.float(), refs[i].float(), dim=1, eps=1e-8) for i in range(n)
+        ).mean()
 
         # 5. Generator objective.
         beta = self.adv_weight
@@ -333,10 +393,18 @@ class AdAutoMix(_LearnedMixer):
         self._capture(x, pi, x_mb, lam_mb)
         total = loss_gen + loss_re + loss_theta
         d = (lambda t: t) if keep_graph else torch.Tensor.detach
-        out = {"loss": total, "loss_one": d(loss_one), "loss_van": d(loss_van), "loss_gen": d(loss_gen),
-               "loss_teacher": d(loss_k), "cos_sim": d(cos), "loss_theta": d(loss_theta),
-               "adversarial": torch.tensor(1.0 if adversarial else 0.0), "n_mix": torch.tensor(float(n)),
-               **self._stats(masks_mb, lam_mb)}
+        out = {
+            "loss": total,
+            "loss_one": d(loss_one),
+            "loss_van": d(loss_van),
+            "loss_gen": d(loss_gen),
+            "loss_teacher": d(loss_k),
+            "cos_sim": d(cos),
+            "loss_theta": d(loss_theta),
+            "adversarial": torch.tensor(1.0 if adversarial else 0.0),
+            "n_mix": torch.tensor(float(n)),
+            **self._stats(masks_mb, lam_mb),
+        }
         if keep_graph:
             out.update(loss_re=loss_re, masks_mb=masks_mb, masks_bb=masks_bb)
         return out
@@ -346,24 +414,48 @@ class AutoMix(_LearnedMixer):
     """AutoMix as in OpenMixup's `AutoMixup` + `PixelMixBlock` (§7): pairs, two independent Beta(2, 2) ratios,
     always-cooperative mix block trained on the teacher's mixup CE plus the L1 mask-area loss."""
 
-    def __init__(self, *, num_classes: int, in_channels: int, mix_head: nn.Module | None, mix_layer: int = 3,
-                 alpha: float = 2.0, lam_margin: float = 0.08, lam_concat: bool = False, upsample: str = "nearest",
-                 mask_loss_weight: float = 0.1, mask_loss_margin: float = 0.1, label_smoothing: float = 0.0):
-        super().__init__(num_classes=num_classes, mix_head=mix_head, mix_layer=mix_layer, alpha=alpha,
-                         lam_margin=lam_margin, label_smoothing=label_smoothing,
-                         generator=PixelMixBlock(in_channels, lam_concat=lam_concat, upsample=upsample))
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        in_channels: int,
+        mix_head: nn.Module | None,
+        mix_layer: int = 3,
+        alpha: float = 2.0,
+        lam_margin: float = 0.08,
+        lam_concat: bool = False,
+        upsample: str = "nearest",
+        mask_loss_weight: float = 0.1,
+        mask_loss_margin: float = 0.1,
+        label_smoothing: float = 0.0,
+    ):
+        super().__init__(
+            num_classes=num_classes,
+            mix_head=mix_head,
+            mix_layer=mix_layer,
+            alpha=alpha,
+            lam_margin=lam_margin,
+            label_smoothing=label_smoothing,
+            generator=PixelMixBlock(in_channels, lam_concat=lam_concat, upsample=upsample),
+        )
         if mask_loss_weight < 0:
             raise ValueError(f"mask_loss_weight must be >= 0, got {mask_loss_weight}.")
         self.mask_loss_weight, self.mask_loss_margin = mask_loss_weight, mask_loss_margin
 
     @classmethod
     def from_args(cls, args, *, num_classes, label_smoothing, classifier):
-        return cls(num_classes=num_classes, in_channels=classifier.stage_channels(args.mix_layer),
-                   mix_head=None if args.share_mix_head else classifier.new_head(), mix_layer=args.mix_layer,
-                   alpha=args.mix_alpha or 2.0, lam_margin=0.08 if args.lam_margin is None else args.lam_margin,
-                   lam_concat=args.lam_concat,
-                   upsample="nearest" if args.mask_upsample == "auto" else args.mask_upsample,
-                   mask_loss_weight=args.mask_loss_weight, label_smoothing=label_smoothing)
+        return cls(
+            num_classes=num_classes,
+            in_channels=classifier.stage_channels(args.mix_layer),
+            mix_head=None if args.share_mix_head else classifier.new_head(),
+            mix_layer=args.mix_layer,
+            alpha=args.mix_alpha or 2.0,
+            lam_margin=0.08 if args.lam_margin is None else args.lam_margin,
+            lam_concat=args.lam_concat,
+            upsample="nearest" if args.mask_upsample == "auto" else args.mask_upsample,
+            mask_loss_weight=args.mask_loss_weight,
+            label_smoothing=label_smoothing,
+        )
 
     def forward(self, x, y, classifier, *, teacher, step: int):
         b, size, eps = x.shape[0], x.shape[-2:], self.label_smoothing
@@ -387,14 +479,24 @@ class AutoMix(_LearnedMixer):
             x_bb = _mix(x, sigma, masks_bb)
 
         loss_one = cross_entropy(classifier(x), y, eps)
-        loss_mix = _mix_ce(self.head_q(classifier)(classifier.forward_features(x_bb).pooled), y, sigma, lam_bb, eps)
+        loss_mix = _mix_ce(
+            self.head_q(classifier)(classifier.forward_features(x_bb).pooled), y, sigma, lam_bb, eps
+        )
         x_mb = _mix(x, pi, masks_mb)
         loss_k = _mix_ce(head_k(teacher.forward_features(x_mb).pooled), y, pi, lam_mb, eps)
         teacher.train(False)
         # L1 mask-area loss with margin, on the batch-mean of image 1's mask (§7.1).
-        loss_mask = self.mask_loss_weight * F.relu((masks_mb[:, 0].mean() - lam_mb[0]).abs() - self.mask_loss_margin)
+        loss_mask = self.mask_loss_weight * F.relu(
+            (masks_mb[:, 0].mean() - lam_mb[0]).abs() - self.mask_loss_margin
+        )
 
         self._capture(x, pi, x_mb, lam_mb)
         total = loss_mix + loss_one + loss_k + loss_mask
-        return {"loss": total, "loss_one": loss_one.detach(), "loss_gen": loss_mix.detach(),
-                "loss_teacher": loss_k.detach(), "loss_mask": loss_mask.detach(), **self._stats(masks_mb, lam_mb)}
+        return {
+            "loss": total,
+            "loss_one": loss_one.detach(),
+            "loss_gen": loss_mix.detach(),
+            "loss_teacher": loss_k.detach(),
+            "loss_mask": loss_mask.detach(),
+            **self._stats(masks_mb, lam_mb),
+        }

@@ -23,8 +23,9 @@ def one_hot(y: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.
     return target.scatter_(1, y.long().view(-1, 1), 1.0 - smoothing + off)
 
 
-def mix_target(y: torch.Tensor, perm: torch.Tensor, lam: float | torch.Tensor, num_classes: int,
-               smoothing: float = 0.0) -> torch.Tensor:
+def mix_target(
+    y: torch.Tensor, perm: torch.Tensor, lam: float | torch.Tensor, num_classes: int, smoothing: float = 0.0
+) -> torch.Tensor:
     """λ·t(y) + (1−λ)·t(y[perm]); `lam` is a float or a per-sample (B,) tensor (the weight of `y`)."""
     t = one_hot(y, num_classes, smoothing)
     lam = torch.as_tensor(lam, dtype=torch.float32, device=y.device)
@@ -97,7 +98,9 @@ class InputMixer(Mixer):
         """Sample this batch's parameters (λ, permutation, boxes, masks...). Uses the torch RNG only."""
         raise NotImplementedError  # abstract
 
-    def apply(self, x: torch.Tensor, y: torch.Tensor, params: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def apply(
+        self, x: torch.Tensor, y: torch.Tensor, params: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mix `x` with `params`; returns (mixed images, soft targets (B, K))."""
         raise NotImplementedError  # abstract
 
