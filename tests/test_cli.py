@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import FAMILIES, TINY_RESNET
 
+from hf_adautomix.mixers.classic import CLASSIC_MIXERS
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "run_image_classification.py"
 FAST = [
@@ -191,21 +193,7 @@ def test_recipe_configs_parse(config):
     assert mix.mixup == "adautomix" and mix.ema and not mix.ema_warmup
 
 
-@pytest.mark.parametrize(
-    "mixup",
-    [
-        "mixup",
-        "cutmix",
-        "fmix",
-        "resizemix",
-        "saliencymix",
-        "gridmix",
-        "smoothmix",
-        "manifoldmix",
-        "puzzlemix",
-        "timm",
-    ],
-)
+@pytest.mark.parametrize("mixup", sorted(CLASSIC_MIXERS))
 def test_every_classic_mixer_trains(mixup, tmp_path):
     metrics = load_script().main(
         [
