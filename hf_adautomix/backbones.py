@@ -16,6 +16,7 @@ metadata: timm's `feature_info`, transformers' `hidden_states` (index 0 is the s
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import copy
 import json
@@ -36,7 +37,7 @@ class Features(NamedTuple):
     stage_map: torch.Tensor | None  # requested stage's feature map, NCHW
 
 
-class ClassifierAdapter(nn.Module):
+class ClassifierAdapter(nn.Module, metaclass=abc.ABCMeta):
     """Base class. `self.model` is the user's model, the thing that is exported."""
 
     family: str = ""
@@ -47,17 +48,18 @@ class ClassifierAdapter(nn.Module):
 
     # -- interface -------------------------------------------------------------------------------------------
     @property
-    def num_classes(self) -> int:
-        raise NotImplementedError  # abstract
+    @abc.abstractmethod
+    def num_classes(self) -> int: ...
 
     @property
-    def num_stages(self) -> int:
-        raise NotImplementedError  # abstract
+    @abc.abstractmethod
+    def num_stages(self) -> int: ...
 
     @property
+    @abc.abstractmethod
     def arch_name(self) -> str:
         """Architecture name (timm architecture or transformers model_type), e.g. for per-family defaults."""
-        raise NotImplementedError  # abstract
+        ...
 
     @property
     def is_transformer_like(self) -> bool:
@@ -65,17 +67,17 @@ class ClassifierAdapter(nn.Module):
         return any(k in self.arch_name.lower() for k in ("vit", "deit", "swin", "convnext", "beit", "eva"))
 
     @property
-    def head(self) -> nn.Module:
-        raise NotImplementedError  # abstract
+    @abc.abstractmethod
+    def head(self) -> nn.Module: ...
 
-    def stage_module(self, stage: int) -> nn.Module:
-        raise NotImplementedError  # abstract
+    @abc.abstractmethod
+    def stage_module(self, stage: int) -> nn.Module: ...
 
-    def forward_features(self, x: torch.Tensor, stage: int | None = None) -> Features:
-        raise NotImplementedError  # abstract
+    @abc.abstractmethod
+    def forward_features(self, x: torch.Tensor, stage: int | None = None) -> Features: ...
 
-    def save_native(self, save_directory: str, **kwargs) -> None:
-        raise NotImplementedError  # abstract
+    @abc.abstractmethod
+    def save_native(self, save_directory: str, **kwargs) -> None: ...
 
     # -- shared helpers --------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,8 +97,8 @@ class ClassifierAdapter(nn.Module):
             self.train(was_training)
 
     @property
-    def input_size(self) -> tuple[int, int]:
-        raise NotImplementedError  # abstract
+    @abc.abstractmethod
+    def input_size(self) -> tuple[int, int]: ...
 
     def check_stage(self, stage: int) -> None:
         if not 1 <= stage <= self.num_stages:

@@ -9,6 +9,7 @@ trainer logs (λ, mask statistics, ...). Hand-crafted mixers split sampling from
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import torch
@@ -44,7 +45,7 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor, smoothing: float = 0.0)
     return F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
 
 
-class Mixer(nn.Module):
+class Mixer(nn.Module, metaclass=abc.ABCMeta):
     """Base class of all mixers.
 
     Args:
@@ -80,8 +81,8 @@ class Mixer(nn.Module):
     def clean_loss(self, x: torch.Tensor, y: torch.Tensor, classifier: nn.Module) -> dict[str, torch.Tensor]:
         return {"loss": cross_entropy(classifier(x), y, self.label_smoothing)}
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, classifier: nn.Module) -> dict[str, torch.Tensor]:
-        raise NotImplementedError  # abstract
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor, y: torch.Tensor, classifier: nn.Module) -> dict[str, torch.Tensor]: ...
 
 
 class NoMix(Mixer):
@@ -94,15 +95,16 @@ class NoMix(Mixer):
 class InputMixer(Mixer):
     """A hand-crafted mixer that mixes input images: sample parameters, apply them, soft-target CE."""
 
+    @abc.abstractmethod
     def get_params(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         """Sample this batch's parameters (λ, permutation, boxes, masks...). Uses the torch RNG only."""
-        raise NotImplementedError  # abstract
+        ...
 
+    @abc.abstractmethod
     def apply(
         self, x: torch.Tensor, y: torch.Tensor, params: dict[str, Any]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mix `x` with `params`; returns (mixed images, soft targets (B, K))."""
-        raise NotImplementedError  # abstract
 
     def forward(self, x, y, classifier):
         if self.skip():
