@@ -1,7 +1,5 @@
 """Offline metrics: hand-computed values, torch/torchmetrics agreement, evaluate modules, Trainer hook."""
 
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
@@ -122,9 +120,6 @@ class TestECE:
         probs = torch.softmax(torch.tensor(logits), dim=1).numpy()
         assert ece(logits, labels, n_bins=n_bins) == pytest.approx(loop_ece(probs, labels, n_bins), abs=1e-12)
 
-    @pytest.mark.skipif(
-        importlib.util.find_spec("torchmetrics") is None, reason="torchmetrics is not installed"
-    )
     @pytest.mark.parametrize("n_bins", [5, 15])
     def test_matches_torchmetrics(self, n_bins):
         from torchmetrics.functional.classification import multiclass_calibration_error
