@@ -84,6 +84,10 @@ class MixupModel(nn.Module):
         # Optimizer steps taken so far. A buffer, so checkpoints carry it: the EMA schedule and the AdAutoMix
         # adversarial/cooperative alternation are functions of it and resume exactly.
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self._step_cache = (
+            -1,
+            0,
+        )  # (step._version, value): reading a GPU buffer each step would sync the device
         self.total_steps = 1  # set by the trainer at train begin
         self.channels_last = False  # set by `to_channels_last()`
         self.eval_ema = False  # evaluate the teacher instead of the online classifier
@@ -116,7 +120,7 @@ class MixupModel(nn.Module):
                 raise ValueError("Training needs `labels` in each batch (integer class ids).")
             if self.mixer.learned:
                 terms = self.mixer(
-                    pixel_values, labels, self.classifier, teacher=self.teacher, step=int(self.step)
+                    pixel_values, labels, self.classifier, teacher=self.teacher, step=self.step_count
                 )
             else:
                 terms = self.mixer(pixel_values, labels, self.classifier)
@@ -135,8 +139,22 @@ class MixupModel(nn.Module):
             pairs += self.mixer.ema_pairs()
         return pairs
 
+    @property
+    def step_count(self) -> int:
+        """`step` as an int, read from the device only when the buffer was written outside `advance_step`
+        (a checkpoint load, a DDP broadcast)."""
+        if self._step_cache[0] != self.step._version:
+            self._step_cache = (self.step._version, int(self.step))
+        return self._step_cache[1]
+
+    @torch.no_grad()
+    def advance_step(self) -> None:
+        count = self.step_count + 1
+        self.step += 1
+        self._step_cache = (self.step._version, count)
+
     def current_momentum(self) -> float:
-        return self.ema_schedule(int(self.step), self.total_steps)
+        return self.ema_schedule(self.step_count, self.total_steps)
 
     @torch.no_grad()
     def update_ema(self) -> float:
@@ -156,7 +174,7 @@ class MixupModel(nn.Module):
             if not self.mixer.learned:
                 for tb, ob in zip(teacher.buffers(), online.buffers()):
                     tb.copy_(ob)
-        self.step += 1
+        self.advance_step()
         return m
 
     # -- export ----------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ class EMACallback(TrainerCallback):
         if model.teacher is not None:
             model.update_ema()
         else:
-            model.step += 1
+            model.advance_step()
         if (
             args.world_size > 1
             and args.ddp_broadcast_buffers is not False

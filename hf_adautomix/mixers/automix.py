@@ -322,8 +322,10 @@ class AdAutoMix(_LearnedMixer):
     def forward(self, x, y, classifier, *, teacher, step: int, keep_graph: bool = False):
         """One iteration. `keep_graph` returns the loss terms with their autograd graphs, plus `loss_re` and both
         mask sets, so tests can check each term's gradient path (§12.2); the training step leaves it off."""
-        p = self.sample(x.shape[0], x.device)
-        n, lam_mb, lam_bb, pi, sigma = p["n"], p["lam_mb"], p["lam_bb"], p["pi"], p["sigma"]
+        # Drawn on the CPU: the margin test reads λ without waiting for the device.
+        p = self.sample(x.shape[0], "cpu")
+        n, hit = p["n"], self.margin_hit(p["lam_bb"])
+        lam_mb, lam_bb, pi, sigma = (p[k].to(x.device) for k in ("lam_mb", "lam_bb", "pi", "sigma"))
         eps, size = self.label_smoothing, x.shape[-2:]
         head_k = self.head_k(teacher)
 
@@ -341,9 +343,7 @@ class AdAutoMix(_LearnedMixer):
         with torch.no_grad():
             if not self.separate_ref_passes:
                 masks_bb = self.generator(fmap[sigma], lam_bb, size)
-            if self.margin_hit(
-                lam_bb
-            ):  # classifier branch falls back to vanilla mixup; every channel (§11 B3)
+            if hit:  # the classifier branch falls back to vanilla mixup, on every channel (§11 B3)
                 masks_bb = lam_bb.float().view(1, n, 1, 1).expand_as(masks_bb).clone()
             x_bb = _mix(x, sigma, masks_bb)
 
@@ -473,7 +473,7 @@ class AutoMix(_LearnedMixer):
         masks_mb = self.generator(fmap[pi], lam_mb, size)
         with torch.no_grad():
             masks_bb = self.generator(fmap[sigma], lam_bb, size)
-            l0 = float(lam_bb[0])
+            l0 = float(g[1])  # the CPU draw: no device sync
             if l0 <= self.lam_margin or l0 >= 1 - self.lam_margin:
                 masks_bb = lam_bb.float().view(1, 2, 1, 1).expand_as(masks_bb).clone()
             x_bb = _mix(x, sigma, masks_bb)
