@@ -15,6 +15,7 @@ from hf_adautomix.mixers.classic import CLASSIC_MIXERS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "run_image_classification.py"
+TINY_RESNET_ARGS = ["--model_type", "resnet", "--cifar_stem", "--config_overrides", TINY_RESNET]
 FAST = [
     "--max_train_samples",
     "64",
@@ -142,11 +143,7 @@ def test_adautomix_variants_and_random_n(variant, tmp_path):
             "4",
             "--mix_num_random",
             "--lam_concat",
-            "--model_type",
-            "resnet",
-            "--cifar_stem",
-            "--config_overrides",
-            TINY_RESNET,
+            *TINY_RESNET_ARGS,
             "--output_dir",
             str(tmp_path / "o"),
             *FAST,
@@ -199,11 +196,7 @@ def test_every_classic_mixer_trains(mixup, tmp_path):
         [
             "--mixup",
             mixup,
-            "--model_type",
-            "resnet",
-            "--cifar_stem",
-            "--config_overrides",
-            TINY_RESNET,
+            *TINY_RESNET_ARGS,
             "--output_dir",
             str(tmp_path / "o"),
             *FAST,

@@ -47,6 +47,18 @@ COMMON = [
     "0",
 ]
 REFUSAL = "DeepSpeed and FSDP are not supported"
+# 4 steps with checkpoint-2 and checkpoint-4 saved on the way (AdamW + cosine: resume must restore both).
+CHECKPOINTED = [
+    *COMMON,
+    "--save_strategy",
+    "steps",
+    "--save_steps",
+    "2",
+    "--optim",
+    "adamw_torch",
+    "--lr_scheduler_type",
+    "cosine",
+]
 
 
 def _env(tmp: Path) -> dict:
@@ -127,15 +139,7 @@ def ddp_run(tmp_path_factory):
     return torchrun(
         out,
         [
-            *COMMON,
-            "--save_strategy",
-            "steps",
-            "--save_steps",
-            "2",
-            "--optim",
-            "adamw_torch",
-            "--lr_scheduler_type",
-            "cosine",
+            *CHECKPOINTED,
         ],
     )
 
@@ -188,15 +192,7 @@ def test_two_process_resume_is_exact(ddp_run):
     resumed = torchrun(
         ddp_run.parent / "resumed",
         [
-            *COMMON,
-            "--save_strategy",
-            "steps",
-            "--save_steps",
-            "2",
-            "--optim",
-            "adamw_torch",
-            "--lr_scheduler_type",
-            "cosine",
+            *CHECKPOINTED,
             "--resume_from_checkpoint",
             str(ddp_run / "checkpoint-2"),
         ],
