@@ -62,7 +62,7 @@ def write_model_card(
     ]
     if model.teacher is not None:
         training.append(f"- EMA teacher: {model.ema_schedule.describe()}")
-    if mix.mixup in METHOD_TEXT and mix.mixup in ("adautomix",):
+    if mix.mixup == "adautomix":
         training.append(
             f"- AdAutoMix: variant {mix.adautomix_variant}, N = {mix.mix_num}"
             f"{' (random in 2..N)' if mix.mix_num_random else ''}, α = {mix.mce_weight}, "

@@ -203,11 +203,7 @@ class AdAutoMixTrainer(Trainer):
             self._terms, self._terms_count = {}, 0
             if self.model.teacher is not None:
                 logs["ema_momentum"] = self.model.current_momentum()
-            if (
-                self.optimizer is not None
-                and len(self.optimizer.param_groups)
-                and self._generator_group is not None
-            ):
+            if self._generator_group is not None:  # set only once the optimizer exists
                 logs["generator_lr"] = self.optimizer.param_groups[self._generator_group]["lr"]
         super().log(logs, start_time)
 
