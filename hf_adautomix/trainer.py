@@ -7,16 +7,20 @@ in the model's own format. Each override below says why it exists.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import shutil
 
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import rotate_checkpoints
 
 from .arguments import MixupArguments
 from .backbones import wrap_classifier
+from .checkpoints import check_resumable, last_complete_checkpoint, mark_complete
 from .mixers import build_mixer
 from .modeling import EMASchedule, MixupModel
 
@@ -63,6 +67,108 @@ class MixGridCallback(TrainerCallback):
             path = os.path.join(args.output_dir, "mixed_samples", f"step_{state.global_step:06d}.png")
             save_mix_grid(mixer.last_mix, path, mean=self.mean, std=self.std)
         mixer.capture, mixer.last_mix = False, None
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a non-finite loss or gradient (or non-finite weights were about to be exported)."""
+
+
+class NonFiniteGuard(TrainerCallback):
+    """Checks the loss and the gradients before every optimizer step: one device sync per step, which Trainer
+    already pays for its own NaN filter of the logged loss.
+
+    A non-finite step stops the run with `NonFiniteError`, or, with `--max_nonfinite_steps N`, is skipped: the
+    gradients are dropped (torch optimizers skip parameters without a gradient: no momentum or weight-decay
+    update) and the buffers (BN statistics) are put back as they were before the step's forwards.
+    """
+
+    def __init__(self, trainer: AdAutoMixTrainer, max_skips: int):
+        self.trainer, self.max_skips, self.skipped = trainer, max_skips, 0
+        self._buffers: list[torch.Tensor] | None = None
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if self.max_skips > 0:  # only then can a step be undone, so only then pay for the copy
+            self._buffers = [b.detach().clone() for b in model.buffers()]
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        trainer = self.trainer
+        finite = self._loss_ok = trainer._loss_finite
+        grad_norm = trainer._last_grad_norm
+        if not args.fp16 and isinstance(
+            grad_norm, torch.Tensor
+        ):  # fp16: the grad scaler skips inf steps itself
+            finite = finite & torch.isfinite(grad_norm).to(finite.device)
+        elif not args.fp16 and grad_norm is not None:
+            finite = finite & torch.tensor(math.isfinite(grad_norm), device=finite.device)
+        bad = (~finite).to(torch.float32)
+        if args.world_size > 1:  # every rank must take the same decision
+            bad = trainer.accelerator.reduce(bad, reduction="sum")
+        trainer._loss_finite = torch.ones((), dtype=torch.bool, device=finite.device)
+        if not bool(bad > 0):
+            return
+        step = state.global_step + 1
+        what = self._describe(model)
+        if self.skipped < self.max_skips:
+            self.skipped += 1
+            model.zero_grad(set_to_none=True)
+            if self._buffers is not None:
+                torch._foreach_copy_(list(model.buffers()), self._buffers)
+            logger.warning(
+                "Step %d: %s; skipped it (%d of --max_nonfinite_steps %d).",
+                step,
+                what,
+                self.skipped,
+                self.max_skips,
+            )
+            return
+        last = last_complete_checkpoint(args.output_dir, warn=False)
+        raise NonFiniteError(
+            f"Training diverged at step {step}: {what}. "
+            + (f"The last good checkpoint is {last}. " if last else "There is no checkpoint to go back to. ")
+            + "Nothing was exported. Lower --learning_rate (or --generator_lr), "
+            + ("resume with --resume_from_checkpoint, " if last else "")
+            + "or allow a few bad steps with --max_nonfinite_steps N."
+        )
+
+    def _describe(self, model) -> str:
+        terms = [k for k, v in model.last_terms.items() if not bool(torch.isfinite(v).all())]
+        parts = []
+        if terms or not bool(self._loss_ok):
+            parts.append("non-finite loss" + (f" (terms: {', '.join(sorted(terms))})" if terms else ""))
+        modules = sorted(
+            {
+                name.split(".")[0] if not name.startswith("mixer.") else ".".join(name.split(".")[:2])
+                for name, p in model.named_parameters()
+                if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+            }
+        )
+        if modules:
+            parts.append(f"non-finite gradients in {', '.join(modules)}")
+        return "; ".join(parts) or "non-finite loss or gradients"
+
+
+class AugmentationEpochCallback(TrainerCallback):
+    """Seeds the training augmentation per (seed, epoch, row) so that a resumed run is bitwise exact
+    (`data.set_augmentation_epoch`)."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        from .data import set_augmentation_epoch
+
+        set_augmentation_epoch(self.dataset, self.seed, math.floor((state.epoch or 0) + 1e-9))
+
+
+@contextlib.contextmanager
+def _hub_token_hidden(args: TrainingArguments):
+    """`training_args.bin` is a pickle of the arguments: keep the Hub token out of it (it is uploaded)."""
+    token = args.hub_token
+    args.hub_token = None
+    try:
+        yield
+    finally:
+        args.hub_token = token
 
 
 class _GeneratorCosine:
@@ -148,6 +254,16 @@ class AdAutoMixTrainer(Trainer):
         self._terms: dict[str, torch.Tensor] = {}
         self._terms_count = 0
         self.add_callback(EMACallback())
+        if mixup_args.max_nonfinite_steps < 0:
+            raise ValueError(f"--max_nonfinite_steps must be >= 0, got {mixup_args.max_nonfinite_steps}.")
+        self._loss_finite = torch.ones((), dtype=torch.bool, device=self.args.device)
+        self._last_grad_norm = None
+        self.nonfinite_guard = NonFiniteGuard(self, mixup_args.max_nonfinite_steps)
+        self.add_callback(self.nonfinite_guard)
+        if train_dataset is not None and not args.dataloader_persistent_workers:
+            # Persistent workers keep the dataset copy of the first epoch, so the epoch would never advance in
+            # them: such runs keep drawing augmentation from the global RNG (exact resume is not promised then).
+            self.add_callback(AugmentationEpochCallback(train_dataset, args.seed))
         if wrapper.mixer.learned:
             info = self.transform_info
             self.add_callback(
@@ -183,12 +299,38 @@ class AdAutoMixTrainer(Trainer):
         return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        # Override: accumulate the mixer's named loss terms for logging (detached, no sync).
+        # Override: accumulate the mixer's named loss terms for logging and whether the loss stayed finite (for
+        # `NonFiniteGuard`), all on the device, no sync.
         loss = super().training_step(model, inputs, num_items_in_batch)
+        self._loss_finite = self._loss_finite & torch.isfinite(loss).to(self._loss_finite.device)
         for k, v in self.model.last_terms.items():
             self._terms[k] = self._terms.get(k, 0.0) + v.float()
         self._terms_count += 1
         return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        # Override: keep the global gradient norm Trainer computes every step anyway, for `NonFiniteGuard`.
+        self._last_grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        return self._last_grad_norm
+
+    def get_train_dataloader(self):
+        # Override: drop the last incomplete batch, as timm's training loader does. A last batch of one row
+        # breaks BatchNorm (and every mixer needs a partner); a smaller last batch would also weigh its rows more.
+        # A training set smaller than one batch keeps its one (smaller) batch.
+        dataset, keep = self.train_dataset, self.args.dataloader_drop_last
+        per_process = self._train_batch_size
+        if dataset is not None and hasattr(dataset, "__len__"):
+            rows = len(dataset) // max(self.args.world_size, 1)
+            if rows < 2:
+                raise ValueError(
+                    f"The training set has {len(dataset)} row(s) for {self.args.world_size} process(es); "
+                    "training needs at least 2 rows per process (BatchNorm and mixing need a batch of 2 or more)."
+                )
+            self.args.dataloader_drop_last = rows >= per_process
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.args.dataloader_drop_last = keep
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Override: training logs also carry every loss term, λ, N, mask statistics, EMA momentum, generator LR.
@@ -205,6 +347,8 @@ class AdAutoMixTrainer(Trainer):
                 logs["ema_momentum"] = self.model.current_momentum()
             if self._generator_group is not None:  # set only once the optimizer exists
                 logs["generator_lr"] = self.optimizer.param_groups[self._generator_group]["lr"]
+            if self.nonfinite_guard.max_skips > 0:
+                logs["nonfinite_steps_skipped"] = self.nonfinite_guard.skipped
         super().log(logs, start_time)
 
     # -- optimizer -------------------------------------------------------------------------------------------
@@ -222,7 +366,7 @@ class AdAutoMixTrainer(Trainer):
         finally:
             for p in gen:
                 p.requires_grad_(True)
-        lr = self.mixup_args.generator_lr or self.args.learning_rate
+        lr = self.args.learning_rate if self.mixup_args.generator_lr is None else self.mixup_args.generator_lr
         wd = (
             self.args.weight_decay
             if self.mixup_args.generator_weight_decay is None
@@ -247,14 +391,18 @@ class AdAutoMixTrainer(Trainer):
 
     # -- evaluation ------------------------------------------------------------------------------------------
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
-        # Override: report the online model as eval_* and the EMA teacher as eval_ema_*.
-        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-        if self.model.teacher is not None:
-            self.model.eval_ema = True
-            try:
-                metrics.update(super().evaluate(eval_dataset, ignore_keys, f"{metric_key_prefix}_ema"))
-            finally:
-                self.model.eval_ema = False
+        # Override: report the online model as eval_* and the EMA teacher as eval_ema_*. Evaluation leaves the
+        # RNG as it found it (creating a DataLoader iterator draws from it), so the training draws after an
+        # evaluation are those of a run resumed from a checkpoint saved before it.
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+            if self.model.teacher is not None:
+                self.model.eval_ema = True
+                try:
+                    metrics.update(super().evaluate(eval_dataset, ignore_keys, f"{metric_key_prefix}_ema"))
+                finally:
+                    self.model.eval_ema = False
         return metrics
 
     # -- saving ----------------------------------------------------------------------------------------------
@@ -262,10 +410,49 @@ class AdAutoMixTrainer(Trainer):
         # Override: checkpoints (checkpoint-N/) hold the whole wrapper for exact resume; the run's output_dir gets
         # the exported native model (what `save_model()` / `push_to_hub()` users expect).
         output_dir = output_dir or self.args.output_dir
-        if os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir):
-            self.export_model(output_dir)
-        else:
-            super()._save(output_dir, state_dict)
+        with _hub_token_hidden(self.args):
+            if os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir):
+                self.export_model(output_dir)
+            else:
+                super()._save(output_dir, state_dict)
+
+    def _save_checkpoint(self, model, trial):
+        # Override: a kill at any moment leaves the previous checkpoint whole. Trainer writes checkpoint-N/ file by
+        # file and then deletes old checkpoints (save_total_limit); here the new one is first marked complete
+        # (`checkpoints.mark_complete`), and only then are old ones deleted.
+        run_dir = self._get_output_dir(trial=trial)
+        target = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
+        if self.args.should_save and os.path.isdir(target):
+            shutil.rmtree(target)  # what an interrupted save (or an abandoned run) left under this name
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()  # every rank has written its RNG state
+        if self.args.should_save:
+            mark_complete(target)
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
+        """`Trainer.train`; `resume_from_checkpoint=True` takes the last *complete* checkpoint in `output_dir`
+        (skipping, with a warning, any that an interrupted save left), and a named checkpoint is checked first."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(
+                    f"resume_from_checkpoint=True: there is no complete checkpoint in {self.args.output_dir!r}."
+                )
+            logger.warning("Resuming from %s.", resume_from_checkpoint)
+        elif resume_from_checkpoint:
+            check_resumable(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint or None, trial=trial, **kwargs)
 
     def create_model_card(
         self,
@@ -302,6 +489,16 @@ class AdAutoMixTrainer(Trainer):
             return output_dir
         os.makedirs(output_dir, exist_ok=True)
         adapter = self.model.export_adapter(which)
+        bad = [
+            n
+            for n, t in adapter.state_dict().items()
+            if t.is_floating_point() and not bool(t.isfinite().all())
+        ]
+        if bad:
+            raise NonFiniteError(
+                f"Refusing to export the {'EMA' if adapter is self.model.teacher else 'online'} model: "
+                f"{len(bad)} tensor(s) hold NaN or inf (e.g. {', '.join(bad[:3])})."
+            )
         info = self.transform_info
         labels = _label_names(adapter)
         if adapter.family == "timm":
@@ -323,7 +520,8 @@ class AdAutoMixTrainer(Trainer):
             processor = make_image_processor(info)
         if processor is not None and hasattr(processor, "save_pretrained"):
             processor.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        with _hub_token_hidden(self.args):
+            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
         logger.info(
             "Exported the %s model (%s) to %s",
             "EMA" if adapter is self.model.teacher else "online",
@@ -394,6 +592,8 @@ def _auto_transform(train, evaluation, wrapper: MixupModel, seed: int):
     for ds in (train, evaluation):
         if is_raw(ds):
             tf = train_tf if ds is train else eval_tf
+            if data_lib.ROW_COLUMN not in ds.column_names:  # names undecodable rows, seeds augmentation per row
+                ds = ds.add_column(data_lib.ROW_COLUMN, list(range(len(ds))))
             ds = data_lib.apply_transforms(
                 data_lib.replace(image_data, train=ds, validation=ds), tf, tf
             ).train

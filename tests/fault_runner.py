@@ -1,0 +1,56 @@
+"""Runs examples/run_image_classification.py in this process with one fault injected, for tests/test_faults.py.
+
+    python tests/fault_runner.py FAULT STEP -- SCRIPT_ARGS...
+
+FAULT is one of:
+- `kill_in_step`: SIGKILL this process in the middle of optimizer step STEP (after its backward pass);
+- `kill_in_save`: SIGKILL it while checkpoint-STEP is being written (the weights are on disk, the optimizer
+  state, RNG states and trainer state are not).
+
+The kill is a real `kill -9` of the training process: nothing of ours runs after it.
+"""
+
+import os
+import runpy
+import signal
+import sys
+from pathlib import Path
+
+from transformers import Trainer
+
+from hf_adautomix.trainer import AdAutoMixTrainer
+
+fault, step = sys.argv[1], int(sys.argv[2])
+args = sys.argv[sys.argv.index("--") + 1 :]
+
+
+def die():
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+if fault == "kill_in_step":
+    training_step = AdAutoMixTrainer.training_step
+
+    def killing_training_step(self, *a, **kw):
+        loss = training_step(self, *a, **kw)
+        if self.state.global_step + 1 == step:
+            die()
+        return loss
+
+    AdAutoMixTrainer.training_step = killing_training_step
+elif fault == "kill_in_save":
+    save_optimizer = Trainer._save_optimizer_and_scheduler
+
+    def killing_save(self, output_dir):
+        if self.state.global_step == step:
+            die()
+        return save_optimizer(self, output_dir)
+
+    Trainer._save_optimizer_and_scheduler = killing_save
+else:
+    raise SystemExit(f"unknown fault {fault!r}")
+
+script = Path(__file__).resolve().parents[1] / "examples" / "run_image_classification.py"
+sys.argv = [str(script), *args]
+runpy.run_path(str(script), run_name="__main__")

@@ -1,0 +1,335 @@
+"""Faults injected into real training processes: kill -9 during a step and during a checkpoint save, divergence,
+broken checkpoints, re-runs of a command, a read-only or full output folder, a last batch of one, secrets.
+
+Each test asserts the exit code, the one-line error and what is left on disk. Runs go through the real script
+(`examples/run_image_classification.py`) on the embedded digits with the default (random crop + flip)
+augmentation, so "exact resume" here covers the augmentation pipeline, not only tensors.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_cli import ROOT, SCRIPT, TINY_RESNET_ARGS
+
+from hf_adautomix.checkpoints import COMPLETE_FILE, RUN_FILE
+
+# 6 steps an epoch (48 rows, batch 8); 8 steps cross the epoch boundary, where the default evaluation runs.
+RUN = [
+    *TINY_RESNET_ARGS,
+    "--max_train_samples",
+    "48",
+    "--max_eval_samples",
+    "16",
+    "--per_device_train_batch_size",
+    "8",
+    "--max_steps",
+    "8",
+    "--save_strategy",
+    "steps",
+    "--save_steps",
+    "3",
+    "--logging_steps",
+    "1",
+    "--disable_tqdm",
+    "True",
+    "--use_cpu",
+    "True",
+    "--save_mix_every",
+    "0",
+    "--seed",
+    "7",
+]
+RUNNER = ROOT / "tests" / "fault_runner.py"
+TIMEOUT = 300
+
+
+def env(tmp: Path, **extra) -> dict:
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HOME": str(tmp / "hf"),
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+        **extra,
+    }
+
+
+def run(args, out: Path, *, fault=None, launcher=None, **extra_env) -> subprocess.CompletedProcess:
+    if fault is not None:
+        cmd = [sys.executable, str(RUNNER), fault[0], str(fault[1]), "--"]
+    else:
+        cmd = [*(launcher or [sys.executable]), str(SCRIPT)]
+    return subprocess.run(
+        [*cmd, *args, "--output_dir", str(out)],
+        env=env(out.parent, **extra_env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
+def error_line(proc: subprocess.CompletedProcess) -> str:
+    """The one `error: ...` line the script ends with (tqdm may still write after it)."""
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, proc.stderr[-4000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    return lines[0]
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "model.safetensors"))
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def complete(checkpoint: Path) -> bool:
+    return (checkpoint / COMPLETE_FILE).is_file()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Uninterrupted adautomix runs: 8 steps, checkpoints at 3 and 6."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    ok(run([*RUN, "--mixup", "adautomix"], out))
+    return out
+
+
+# -- kills ---------------------------------------------------------------------------------------------------------
+def test_kill_during_a_step_then_rerun_resumes_bitwise(reference, tmp_path):
+    out = tmp_path / "out"
+    killed = run([*RUN, "--mixup", "adautomix"], out, fault=("kill_in_step", 5))
+    assert killed.returncode == -9
+    assert complete(out / "checkpoint-3") and not (out / "model.safetensors").exists()
+
+    rerun = ok(run([*RUN, "--mixup", "adautomix"], out))  # the same command, nothing added
+    assert f"Resuming from {out / 'checkpoint-3'}" in rerun.stdout + rerun.stderr
+    assert_same_weights(weights(out), weights(reference))
+
+
+def test_kill_during_a_checkpoint_save_leaves_the_previous_one_whole(reference, tmp_path):
+    out = tmp_path / "out"
+    killed = run([*RUN, "--mixup", "adautomix", "--save_total_limit", "1"], out, fault=("kill_in_save", 6))
+    assert killed.returncode == -9
+    # checkpoint-6 was being written: weights on disk, no optimizer state, not marked complete; with
+    # --save_total_limit 1 the old checkpoint-3 must still be there, whole.
+    assert (out / "checkpoint-6" / "model.safetensors").is_file() and not complete(out / "checkpoint-6")
+    assert complete(out / "checkpoint-3")
+
+    explicit = run([*RUN, "--mixup", "adautomix", "--resume_from_checkpoint", str(out / "checkpoint-6")], out)
+    assert explicit.returncode == 1
+    line = error_line(explicit)
+    assert "checkpoint-6" in line and "incomplete" in line and str(out / "checkpoint-3") in line
+
+    rerun = ok(run([*RUN, "--mixup", "adautomix", "--save_total_limit", "1"], out))
+    logs = rerun.stdout + rerun.stderr
+    assert f"Skipping checkpoint {out / 'checkpoint-6'}: it is incomplete" in logs
+    assert f"Resuming from {out / 'checkpoint-3'}" in logs
+    assert_same_weights(weights(out), weights(reference))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6"] and complete(
+        out / "checkpoint-6"
+    )
+
+
+# -- exact resume with the default augmentation ---------------------------------------------------------------------
+def test_resume_at_the_epoch_boundary_is_bitwise(reference, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    ok(run([*RUN, "--mixup", "adautomix", "--resume_from_checkpoint", str(out / "checkpoint-6")], out))
+    assert_same_weights(weights(out), weights(reference))
+
+
+@pytest.mark.parametrize("mixup", ["none", "cutmix"])
+def test_resume_mid_epoch_is_bitwise(mixup, tmp_path):
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    ok(run([*RUN, "--mixup", mixup], ref))
+    shutil.copytree(ref, out)
+    ok(run([*RUN, "--mixup", mixup, "--resume_from_checkpoint", "True"], out))  # -> checkpoint-6
+    shutil.rmtree(out / "checkpoint-6")
+    ok(run([*RUN, "--mixup", mixup], out))  # re-run: the last complete checkpoint is now checkpoint-3
+    assert_same_weights(weights(out), weights(ref))
+
+
+def test_resume_is_bitwise_with_two_processes(tmp_path):
+    from transformers.testing_utils import get_torch_dist_unique_port
+
+    def torchrun():
+        port = str(get_torch_dist_unique_port())
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
+
+    args = [*RUN, "--mixup", "adautomix", "--max_train_samples", "96", "--dataloader_num_workers", "0"]
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    ok(run(args, ref, launcher=torchrun()))
+    shutil.copytree(ref, out)
+    ok(run([*args, "--resume_from_checkpoint", str(out / "checkpoint-3")], out, launcher=torchrun()))
+    assert_same_weights(weights(out), weights(ref))
+
+
+# -- broken checkpoints and re-runs ---------------------------------------------------------------------------------
+def test_truncated_checkpoint_is_named_and_skipped(reference, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    model_file = out / "checkpoint-6" / "model.safetensors"
+    model_file.write_bytes(model_file.read_bytes()[:1000])
+
+    explicit = run([*RUN, "--mixup", "adautomix", "--resume_from_checkpoint", str(out / "checkpoint-6")], out)
+    assert explicit.returncode == 1
+    line = error_line(explicit)
+    assert (
+        "model.safetensors is 1000 bytes" in line and f"{out / 'checkpoint-3'}: resume from that one" in line
+    )
+
+    rerun = ok(run([*RUN, "--mixup", "adautomix"], out))
+    assert (
+        f"Skipping checkpoint {out / 'checkpoint-6'}: model.safetensors is 1000 bytes"
+        in rerun.stdout + rerun.stderr
+    )
+    assert_same_weights(weights(out), weights(reference))
+
+
+def test_rerun_with_other_arguments_is_refused(reference, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    before = sorted(p.name for p in out.iterdir())
+    proc = run([*RUN, "--mixup", "adautomix", "--learning_rate", "0.05"], out)
+    assert proc.returncode == 1
+    line = error_line(proc)
+    assert "--learning_rate 0.1 there, 0.05 now" in line and "--resume_from_checkpoint False" in line
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing touched
+
+
+def test_resume_true_without_checkpoints_is_an_error(tmp_path):
+    proc = run([*RUN, "--resume_from_checkpoint", "True"], tmp_path / "out")
+    assert proc.returncode == 1
+    assert "no checkpoint" in error_line(proc)
+
+
+def test_resume_false_starts_over(reference, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    (out / "checkpoint-6" / "optimizer.pt").unlink()  # would fail a resume
+    proc = ok(run([*RUN, "--mixup", "adautomix", "--resume_from_checkpoint", "False"], out))
+    assert "deleting" in proc.stdout + proc.stderr
+    assert_same_weights(weights(out), weights(reference))  # from scratch, same seed: the same model
+
+
+# -- divergence -----------------------------------------------------------------------------------------------------
+def test_divergence_stops_with_one_line_and_exports_nothing(tmp_path):
+    out = tmp_path / "out"
+    args = [*RUN, "--mixup", "adautomix", "--learning_rate", "1e6", "--max_steps", "12", "--save_steps", "2"]
+    proc = run(args, out)
+    assert proc.returncode == 1
+    line = error_line(proc)
+    assert line.startswith("error: Training diverged at step ") and "non-finite" in line
+    assert f"The last good checkpoint is {out / 'checkpoint-2'}" in line and "--max_nonfinite_steps" in line
+    assert not (out / "model.safetensors").exists() and not (out / "config.json").exists()
+    for checkpoint in out.glob("checkpoint-*"):  # every checkpoint left holds finite weights
+        assert complete(checkpoint)
+        assert all(t.isfinite().all() for t in load_file(str(checkpoint / "model.safetensors")).values())
+
+
+# -- output folder --------------------------------------------------------------------------------------------------
+@pytest.fixture
+def tiny_mount(tmp_path):
+    """A 256 KiB tmpfs (root in CI and here: mounts are allowed); remounted read-only on request."""
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_read_only_output_folder_fails_before_training(tiny_mount, tmp_path):
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_mount)], check=True)
+    proc = run([*RUN, "--mixup", "mixup"], tiny_mount / "out")
+    assert proc.returncode == 1
+    line = error_line(proc)
+    assert "is not writable" in line and "Read-only file system" in line
+    assert "'loss'" not in proc.stdout  # not one training step
+
+
+def test_full_disk_fails_before_training(tiny_mount, tmp_path):
+    proc = run([*RUN, "--mixup", "mixup"], tiny_mount / "out")
+    assert proc.returncode == 1
+    line = error_line(proc)
+    assert "MiB free" in line and "needs about" in line
+    assert "'loss'" not in proc.stdout
+
+
+# -- data -----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mixup", ["none", "adautomix"])
+def test_a_last_batch_of_one_is_dropped(mixup, tmp_path):
+    out = tmp_path / "out"
+    args = [
+        *RUN,
+        "--mixup",
+        mixup,
+        "--max_train_samples",
+        "33",
+        "--max_steps",
+        "-1",
+        "--num_train_epochs",
+        "1",
+    ]
+    ok(run([*args, "--save_strategy", "no"], out))
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 4  # 33 rows, batch 8: 4 full batches, the 1-row one dropped
+
+
+# -- secrets --------------------------------------------------------------------------------------------------------
+def test_hub_token_never_reaches_disk(tmp_path, monkeypatch):
+    """A planted --hub_token and HF_TOKEN appear in no file of the output folder, checkpoints or upload."""
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from test_cli import load_script
+
+    secret, env_secret = "hf_PLANTEDtoken1234567890", "hf_PLANTEDenv0987654321"
+    monkeypatch.setenv("HF_TOKEN", env_secret)
+    hub = tmp_path / "hub"
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kw):
+            return SimpleNamespace(repo_id=repo_id)
+
+        def upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, run_as_future=False, **kw):
+            shutil.copytree(folder_path, hub / repo_id, dirs_exist_ok=True)
+            info = SimpleNamespace(commit_url="https://hub/commit", oid="0" * 40)
+            if run_as_future:
+                future = Future()
+                future.set_result(info)
+                return future
+            return info
+
+    out = tmp_path / "out"
+    args = [*RUN, "--mixup", "adautomix", "--max_steps", "3", "--output_dir", str(out)]
+    args += ["--push_to_hub", "True", "--hub_model_id", "me/tiny", "--hub_token", secret]
+    args += ["--hub_strategy", "checkpoint", "--report_to", "none"]
+    with mock.patch("transformers.trainer.hf_api", return_value=FakeApi()):
+        load_script().main(args)
+    files = [p for root in (out, hub) for p in root.rglob("*") if p.is_file()]
+    assert any(p.name == "training_args.bin" for p in files) and (out / "checkpoint-3").is_dir()
+    leaking = [
+        str(p) for p in files if secret.encode() in p.read_bytes() or env_secret.encode() in p.read_bytes()
+    ]
+    assert not leaking
+    assert torch.load(out / "training_args.bin", weights_only=False).hub_token is None
+    assert json.loads((out / RUN_FILE).read_text()).get("hub_token") is None
