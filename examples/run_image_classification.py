@@ -12,17 +12,32 @@ several, or on a laptop CPU. With no data argument it trains on the embedded def
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import difflib
+import json
 import logging
 import os
 import sys
 
 import datasets
 import transformers
+import yaml
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from hf_adautomix import AdAutoMixTrainer, DataTrainingArguments, MixupArguments, ModelArguments
+from hf_adautomix.arguments import bad_choice_message
 from hf_adautomix.backbones import build_model, wrap_classifier
-from hf_adautomix.data import apply_transforms, build_transforms, load_image_datasets, resolve_transform_info
+from hf_adautomix.checkpoints import check_output_dir, resolve_resume, run_record
+from hf_adautomix.data import (
+    apply_transforms,
+    build_transforms,
+    check_images,
+    error_summary,
+    load_image_datasets,
+    resolve_transform_info,
+)
+from hf_adautomix.trainer import NonFiniteError
 
 logger = logging.getLogger(__name__)
 
@@ -42,17 +57,93 @@ SCRIPT_DEFAULTS = {
     "save_strategy": "no",
     "logging_steps": 20,
     "report_to": "none",
+    # No gradient clipping (Trainer's default clips at 1.0): the released AdAutoMix clips only its ViT/Swin runs
+    # (global norm 10), never the CNNs (reference/adautomix-algorithm.md §2.4 and §6).
+    "max_grad_norm": 0.0,
+}
+
+
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+
+# --report_to integrations that need a package hf_adautomix does not install: transformers' check, what to install.
+REPORTER_PACKAGES = {
+    "tensorboard": ("is_tensorboard_available", "tensorboard"),
+    "wandb": ("is_wandb_available", "wandb"),
+    "mlflow": ("is_mlflow_available", "mlflow"),
+    "trackio": ("is_trackio_available", "trackio"),
+    "comet_ml": ("is_comet_available", "comet-ml (and set COMET_API_KEY)"),
+    "neptune": ("is_neptune_available", "neptune"),
+    "clearml": ("is_clearml_available", "clearml"),
+    "codecarbon": ("is_codecarbon_available", "codecarbon"),
+    "dagshub": ("is_dagshub_available", "dagshub mlflow"),
+    "dvclive": ("is_dvclive_available", "dvclive"),
+    "swanlab": ("is_swanlab_available", "swanlab"),
+    "azure_ml": ("is_azureml_available", "azureml-core"),
+    "flyte": ("is_flyte_deck_standard_available", "flytekit flytekitplugins-deck-standard"),
 }
 
 
 def parse_args(argv: list[str]):
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, MixupArguments, TrainingArguments))
+    """`[CONFIG.yaml|json] [--flag value ...]`, like timm's `train.py -c`: the config file's values replace
+    SCRIPT_DEFAULTS and the dataclass defaults, then command-line flags win over the file."""
+    parser = _OneLineErrorParser((ModelArguments, DataTrainingArguments, MixupArguments, TrainingArguments))
     parser.set_defaults(**SCRIPT_DEFAULTS)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(os.path.abspath(argv[0]))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+    if argv and argv[0].endswith(CONFIG_SUFFIXES):
+        parser.set_defaults(**_read_config(argv[0], parser))
+        argv = argv[1:]
+    model_args, data_args, mixup_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    _check_training_args(mixup_args, training_args)
+    return model_args, data_args, mixup_args, training_args
+
+
+class _OneLineErrorParser(HfArgumentParser):
+    """Argument errors in one line: argparse prints the ~170-line usage first, and every choice on a bad one."""
+
+    def _check_value(self, action, value):  # argparse's `choices` check, with difflib's "did you mean"
+        if action.choices is not None and value not in action.choices:
+            what = "method" if action.dest == "mixup" else "choice"
+            flag = action.option_strings[0] if action.option_strings else action.dest
+            raise argparse.ArgumentError(None, bad_choice_message(flag, value, action.choices, what))
+
+    def error(self, message):
+        self.exit(2, f"error: {message}\n")
+
+
+def _read_config(path: str, parser: HfArgumentParser) -> dict:
+    """The argument values in a .yaml/.json file; unknown keys are an error that names them."""
+    with open(path) as f:
+        values = (json.load(f) if path.endswith(".json") else yaml.safe_load(f)) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must map argument names to values, not hold a {type(values).__name__}.")
+    known = [f.name for cls in parser.dataclass_types for f in dataclasses.fields(cls) if f.init]
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        close = [difflib.get_close_matches(k, known, n=1) for k in unknown]
+        named = [f"{k} (did you mean {m[0]}?)" if m else k for k, m in zip(unknown, close)]
+        raise ValueError(f"{path}: unknown argument names {', '.join(named)}.")
+    return values
+
+
+def _check_training_args(mixup_args: MixupArguments, training_args: TrainingArguments) -> None:
+    """Fail before training on TrainingArguments this script would otherwise ignore or crash on later."""
+    for name in training_args.report_to:
+        check, package = REPORTER_PACKAGES.get(name, (None, None))
+        if check and not getattr(transformers.integrations, check)():
+            raise ValueError(
+                f"--report_to {name} needs a package that is not installed: pip install {package}"
+            )
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainingArguments)}
+    if training_args.save_strategy == "no" and training_args.save_steps != defaults["save_steps"]:
+        raise ValueError(
+            f"--save_steps {training_args.save_steps:g} has no effect with --save_strategy no (this script's "
+            "default); add --save_strategy steps."
+        )
+    floor, lr = mixup_args.generator_min_lr, training_args.learning_rate
+    if mixup_args.learned and mixup_args.generator_lr is None and floor is not None and floor > lr:
+        raise ValueError(
+            f"--generator_min_lr {floor} is above the generator's LR (--learning_rate {lr}, as --generator_lr "
+            "is not given)."
+        )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -102,6 +193,19 @@ def main(argv: list[str] | None = None) -> dict:
         revision=model_args.model_revision,
     )
 
+    # ----- Before training, everything that could fail after it: a corrupt validation image, an output folder
+    # that cannot take the model, checkpoints of an earlier run of this command (resume them, or refuse) --------
+    check_images(image_data.validation, image_data.image_column, "validation")
+    model_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    checkpointing = training_args.save_strategy != "no"
+    check_output_dir(training_args.output_dir, int(model_bytes * (1.2 + 4 * checkpointing)) + 2**20)
+    resume = resolve_resume(
+        training_args.output_dir,
+        run_record(model_args, data_args, mixup_args, training_args),
+        training_args.resume_from_checkpoint,
+        main_process=training_args.process_index == 0,
+    )
+
     # ----- Transforms: the CIFAR recipe for small images, the ImageNet recipe otherwise ------------------------
     mean, std = (
         _pretrained_norm(model) if (model_args.pretrained or model_args.model_name_or_path) else (None, None)
@@ -134,18 +238,18 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     # ----- Training ---------------------------------------------------------------------------------------------
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()
 
-    # ----- Evaluation (online as eval_*, EMA teacher as eval_ema_*) ----------------------------------------------
+    # ----- Export (native format, EMA weights when there is a teacher), before anything else can fail ---------
+    trainer.save_model()  # -> trainer.export_model(output_dir)
+
+    # ----- Evaluation (online as eval_*, EMA teacher as eval_ema_*) and model card ------------------------------
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
-
-    # ----- Export (native format, EMA weights when there is a teacher) and model card --------------------------
-    trainer.save_model()  # -> trainer.export_model(output_dir)
     card_kwargs = {"finetuned_from": model_args.model_name_or_path, "dataset": image_data.source}
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message=f"hf_adautomix: --mixup {mixup_args.mixup}", **card_kwargs)
@@ -175,8 +279,10 @@ def _pretrained_norm(model):
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FileNotFoundError, TypeError, ImportError) as err:
-        # Bad input ends with its one-paragraph message, not a traceback (HF_ADAUTOMIX_TRACEBACK=1 shows it).
+    except (ValueError, OSError, TypeError, ImportError, NonFiniteError) as err:
+        # Bad input, bad data, a full or read-only disk and divergence end with one paragraph, not a traceback
+        # (HF_ADAUTOMIX_TRACEBACK=1 shows it). Errors raised in DataLoader workers arrive wrapped in the worker's
+        # traceback; `error_summary` keeps the original message.
         if os.environ.get("HF_ADAUTOMIX_TRACEBACK"):
             raise
-        sys.exit(f"error: {err}")
+        sys.exit(f"error: {error_summary(err)}")

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+import functools
+import logging
+import typing
+from dataclasses import dataclass, field, fields
 from typing import Literal
+
+logger = logging.getLogger(__name__)
 
 MIXUP_CHOICES = (
     "none",
@@ -22,10 +28,87 @@ MIXUP_CHOICES = (
 )
 LEARNED_MIXERS = ("adautomix", "automix")
 
+# Flags that only some methods read. Changed from its default under a --mixup that ignores it, a flag is an error when
+# it can only have been meant for this run (--mix_prob, --timm_*), and a warning when it usually comes from a recipe
+# written for another method (e.g. `cifar100_r18_adautomix.yaml --mixup cutmix` for a baseline).
+ADAUTOMIX_ONLY_FLAGS = (
+    "mix_num",
+    "mix_num_random",
+    "mce_weight",
+    "adv_weight",
+    "teacher_ref_passes",
+    "adautomix_variant",
+)
+AUTOMIX_ONLY_FLAGS = ("mask_loss_weight",)
+LEARNED_ONLY_FLAGS = (  # the generator and mix head of AdAutoMix / AutoMix
+    "generator_lr",
+    "generator_weight_decay",
+    "generator_min_lr",
+    "mix_layer",
+    "lam_concat",
+    "lam_margin",
+    "mask_upsample",
+    "share_mix_head",
+    "save_mix_every",
+)
+TIMM_ONLY_FLAGS = (
+    "timm_mixup_alpha",
+    "timm_cutmix_alpha",
+    "timm_cutmix_minmax",
+    "timm_switch_prob",
+    "timm_mode",
+)
+
 # The model trained when the user names none: a small transformers ResNet from scratch (random init), sized so
 # the embedded default (digits, 32x32) trains to > 90 % in a couple of minutes on 2 CPU cores.
 DEFAULT_MODEL_TYPE = "resnet"
 DEFAULT_CONFIG_OVERRIDES = "embedding_size=32,hidden_sizes=[32,64,128,256],depths=[1,1,1,1],layer_type=basic"
+
+
+def bad_choice_message(flag: str, value, choices, what: str = "choice", max_listed: int = 20) -> str:
+    """One line for a value that is not among `choices`, with difflib's closest names and the choices when few.
+
+    Example: "--mixup 'mixupp' is not a known method; did you mean 'mixup'? (choices: none, adautomix, ...)".
+    """
+    names = [str(c) for c in choices]
+    # A choice the value begins ('adamw' -> 'adamw_torch'), else difflib's closest ('mixupp' -> 'mixup').
+    close = [n for n in names if value and n.startswith(str(value))][:1] or difflib.get_close_matches(
+        str(value), names, n=1
+    )
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    listed = (
+        f" (choices: {', '.join(names)})"
+        if len(names) <= max_listed
+        else f" ({len(names)} choices, see --help)"
+    )
+    return f"{flag} {value!r} is not a known {what}{hint}{listed}"
+
+
+def image_classification_model_types() -> list[str]:
+    """transformers model types that have an image-classification model (AutoModelForImageClassification)."""
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    return sorted(set(MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES) & set(CONFIG_MAPPING.keys()))
+
+
+def _check_model_type(model_type: str) -> None:
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
+
+    known = image_classification_model_types()
+    # `in` on the lazy mapping also sees architectures registered at run time (our cifar_resnet).
+    if model_type in known or (
+        model_type in CONFIG_MAPPING and CONFIG_MAPPING[model_type] in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
+    ):
+        return
+    close = difflib.get_close_matches(model_type, known, n=3)
+    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+    # A few names, never the whole list (transformers' own error prints all ~500 model types, 12 kB).
+    raise ValueError(
+        f"--model_type {model_type!r} is not a transformers architecture with an image-classification model"
+        f"{hint} ({len(known)} such types, e.g. resnet, convnext, swin, vit)."
+    )
 
 
 @dataclass
@@ -83,6 +166,8 @@ class ModelArguments:
             self.model_type = DEFAULT_MODEL_TYPE
             if self.config_overrides is None:
                 self.config_overrides = DEFAULT_CONFIG_OVERRIDES
+        if self.model_type:
+            _check_model_type(self.model_type)
 
 
 @dataclass
@@ -96,7 +181,11 @@ class MixupArguments:
         },
     )
     mix_prob: float = field(
-        default=1.0, metadata={"help": "Fraction of batches that are mixed (hand-crafted)."}
+        default=1.0,
+        metadata={
+            "help": "Fraction of batches that are mixed (hand-crafted methods and timm; an error with "
+            "adautomix/automix/none)."
+        },
     )
 
     # EMA teacher -------------------------------------------------------------------------------------------------
@@ -163,7 +252,8 @@ class MixupArguments:
         default=False, metadata={"help": "Use the model's own head for mixed images too."}
     )
     generator_lr: float | None = field(
-        default=None, metadata={"help": "Generator learning rate (default: --learning_rate)."}
+        default=None,
+        metadata={"help": "Generator learning rate (default: --learning_rate; 0 freezes the generator)."},
     )
     generator_weight_decay: float | None = field(
         default=None, metadata={"help": "Generator weight decay (default: --weight_decay)."}
@@ -186,8 +276,16 @@ class MixupArguments:
     channels_last: bool = field(
         default=False, metadata={"help": "Train with channels-last weights and inputs."}
     )
+    max_nonfinite_steps: int = field(
+        default=0,
+        metadata={
+            "help": "A non-finite loss or gradient stops the run at that step (0, the default). With N > 0, up "
+            "to N such steps are skipped instead (no weight, optimizer or BN-statistics update; counted and "
+            "logged as nonfinite_steps_skipped); the run stops at the next one."
+        },
+    )
 
-    # timm's Mixup ------------------------------------------------------------------------------------------------
+    # timm's Mixup (only read by --mixup timm; any other --mixup with a changed timm_* flag is an error) -------------
     timm_mixup_alpha: float = field(default=0.8, metadata={"help": "timm Mixup: mixup_alpha."})
     timm_cutmix_alpha: float = field(default=1.0, metadata={"help": "timm Mixup: cutmix_alpha."})
     timm_cutmix_minmax: str | None = field(
@@ -199,8 +297,10 @@ class MixupArguments:
     )
 
     def __post_init__(self):
-        if self.mixup not in MIXUP_CHOICES:
-            raise ValueError(f"--mixup must be one of {', '.join(MIXUP_CHOICES)}; got '{self.mixup}'.")
+        for name, choices in _literal_choices(type(self)).items():
+            if getattr(self, name) not in choices:
+                what = "method" if name == "mixup" else "choice"
+                raise ValueError(bad_choice_message(f"--{name}", getattr(self, name), choices, what))
         if self.mix_alpha is not None and self.mix_alpha <= 0:
             raise ValueError(f"--mix_alpha must be > 0, got {self.mix_alpha}.")
         if self.mix_num < 2:
@@ -221,7 +321,51 @@ class MixupArguments:
                 f"--mixup {self.mixup} needs its EMA teacher (the generator's encoder and judge); "
                 "drop --ema False."
             )
+        for name in ("generator_lr", "generator_weight_decay", "generator_min_lr"):
+            if getattr(self, name) is not None and not getattr(self, name) >= 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}.")
+        if (
+            None not in (self.generator_lr, self.generator_min_lr)
+            and self.generator_min_lr > self.generator_lr
+        ):
+            raise ValueError(
+                f"--generator_min_lr {self.generator_min_lr} is above --generator_lr {self.generator_lr}; "
+                "it is the floor the generator's LR anneals down to."
+            )
+        self._check_ignored_flags()
+
+    def _changed(self, names) -> list[str]:
+        defaults = {f.name: f.default for f in fields(self)}
+        return [n for n in names if getattr(self, n) != defaults[n]]
+
+    def _check_ignored_flags(self) -> None:
+        """Error or warn (see the comment at ADAUTOMIX_ONLY_FLAGS) on flags the chosen --mixup never reads."""
+        if self.mix_prob != 1 and (self.learned or self.mixup == "none"):
+            why = "it mixes every batch" if self.learned else "nothing is mixed"
+            raise ValueError(f"--mix_prob {self.mix_prob} has no effect with --mixup {self.mixup} ({why}).")
+        if self.mixup != "timm" and (changed := self._changed(TIMM_ONLY_FLAGS)):
+            flags = ", ".join(f"--{n}" for n in changed)
+            raise ValueError(
+                f"{flags} only apply to --mixup timm, not --mixup {self.mixup} "
+                "(the other methods take --mix_alpha / --mix_prob)."
+            )
+        ignored = self._changed(LEARNED_ONLY_FLAGS) if not self.learned else []
+        if self.mixup != "adautomix":
+            ignored += self._changed(ADAUTOMIX_ONLY_FLAGS)
+        if self.mixup != "automix":
+            ignored += self._changed(AUTOMIX_ONLY_FLAGS)
+        if self.mixup in ("none", "timm") and self.mix_alpha is not None:
+            ignored.append("mix_alpha")
+        if ignored:
+            logger.warning("--mixup %s ignores %s.", self.mixup, ", ".join(f"--{n}" for n in sorted(ignored)))
 
     @property
     def learned(self) -> bool:
         return self.mixup in LEARNED_MIXERS
+
+
+@functools.cache
+def _literal_choices(cls) -> dict[str, tuple]:
+    """The allowed values of each `Literal[...]` field (argparse checks them only for command-line values)."""
+    hints = typing.get_type_hints(cls)
+    return {n: typing.get_args(t) for n, t in hints.items() if typing.get_origin(t) is Literal}

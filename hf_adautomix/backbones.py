@@ -355,7 +355,12 @@ def wrap_classifier(model: nn.Module) -> ClassifierAdapter:
 # Building models (offline-first)
 # ---------------------------------------------------------------------------------------------------------------
 def parse_config_overrides(text: str | None) -> dict:
-    """'a=1,b=[1,2],c=basic' -> {'a': 1, 'b': [1, 2], 'c': 'basic'} (JSON values, bare strings allowed)."""
+    """'a=1,b=[1,2],c=basic' -> {'a': 1, 'b': [1, 2], 'c': 'basic'} (JSON values, bare strings allowed).
+
+    Raises:
+        ValueError: naming the fragment, when brackets do not balance, a fragment is not key=value, a key or
+            value is empty, or a value in brackets/braces/quotes (JSON-looking) does not parse as JSON.
+    """
     if not text:
         return {}
     out, depth, start = {}, 0, 0
@@ -363,16 +368,35 @@ def parse_config_overrides(text: str | None) -> dict:
     for i, ch in enumerate(text + ","):
         depth += ch in "[{("
         depth -= ch in "]})"
+        if depth < 0:
+            raise ValueError(
+                f"--config_overrides: unbalanced {ch!r} in '{text[start : i + 1]}' (in '{text}')."
+            )
         if ch == "," and depth == 0:
             parts.append(text[start:i])
             start = i + 1
+    if depth > 0:  # an unclosed bracket swallowed the rest of the string
+        raise ValueError(
+            f"--config_overrides: unclosed bracket in '{text[start:]}' (in '{text}'); close every '[', '{{' "
+            "and '('."
+        )
     for part in filter(None, (p.strip() for p in parts)):
         if "=" not in part:
             raise ValueError(f"--config_overrides: '{part}' is not of the form key=value (in '{text}').")
         key, value = (s.strip() for s in part.split("=", 1))
+        if not key or not value:
+            raise ValueError(
+                f"--config_overrides: '{part}' has an empty {'key' if not key else 'value'}; expected "
+                f"key=value (in '{text}')."
+            )
         try:
             out[key] = json.loads(value)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as err:
+            if value[0] in '[{"':
+                raise ValueError(
+                    f"--config_overrides: the value of {key!r}, '{value}', looks like JSON but does not parse "
+                    f"({err.msg}); write lists as [1,2] and dicts as {{\"k\": 1}} (in '{text}')."
+                ) from err
             low = value.lower()
             out[key] = {"true": True, "false": False, "none": None, "null": None}.get(low, value)
     return out

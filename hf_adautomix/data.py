@@ -8,6 +8,9 @@ The usual sequence, as in transformers' `run_image_classification.py`::
     data = apply_transforms(data, train_tf, eval_tf)            # rows -> {"pixel_values", "labels"}
     processor = make_image_processor(info)                      # the eval transform, for pipeline()
 
+Before training, `check_labels` (labels fit the model) and `check_images` (every image decodes) catch bad data
+early; `error_summary` turns an error re-raised by a DataLoader worker back into its one-paragraph message.
+
 With no data argument at all, `load_image_datasets` returns the embedded default: scikit-learn's
 handwritten digits as 32x32 RGB images, for demos and tests.
 """
@@ -17,13 +20,17 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import datasets
 import numpy as np
 import PIL.Image
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
+from datasets.utils import tqdm as hf_tqdm
 from torchvision.transforms import v2
 
 logger = logging.getLogger(__name__)
@@ -36,13 +43,17 @@ __all__ = [
     "TransformInfo",
     "apply_transforms",
     "build_transforms",
+    "check_images",
+    "check_labels",
     "collate_fn",
     "compute_mean_std",
     "decode_image",
+    "error_summary",
     "load_digits_dataset",
     "load_image_datasets",
     "make_image_processor",
     "resolve_transform_info",
+    "set_augmentation_epoch",
     "to_rgb",
 ]
 
@@ -56,6 +67,7 @@ FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl"
 ROW_COLUMN = "__row__"
 SMALL_IMAGE_MAX_SIDE = 64  # "auto" picks the CIFAR recipe at or below this size, the ImageNet one above
 EVAL_CROP_PCT = 0.875  # ImageNet eval: resize to size / 0.875, then centre-crop size
+MAX_LISTED = 10  # error messages list at most this many offending values, files or rows
 
 Recipe = Literal["cifar", "imagenet", "none"]
 
@@ -296,22 +308,26 @@ def load_image_datasets(
             _find_column(splits[val_name], column, (), kind, val_name)
         used["validation"] = splits[val_name]
     used = {name: _prepare_image_column(ds, image_col, name) for name, ds in used.items()}
-    used, labels = _encode_labels(used, label_col)
-    used = {
-        name: ds if ROW_COLUMN in ds.column_names else ds.add_column(ROW_COLUMN, np.arange(len(ds)))
-        for name, ds in used.items()
-    }
-    if _has_unlabelled_rows(used["train"], label_col):
+    split_names = {"train": "train", "validation": val_name}
+    classes = {name: _split_classes(ds, label_col, split_names[name]) for name, ds in used.items()}
+    if classes["train"].unlabelled:
         raise ValueError(
             f"The 'train' split of {source} has unlabelled rows (label -1 in column {label_col!r})."
         )
-    if "validation" in used and _has_unlabelled_rows(used["validation"], label_col):
+    if "validation" in used and classes["validation"].unlabelled:
         logger.warning(
             "The '%s' split has unlabelled rows (label -1); holding out %g of the training split instead.",
             val_name,
             data_args.train_val_split,
         )
         del used["validation"]
+    if "validation" in used:
+        _check_validation_classes(classes["train"], classes["validation"], label_col, val_name)
+    used, labels = _encode_labels(used, label_col)
+    used = {
+        name: ds if ROW_COLUMN in ds.column_names else ds.add_column(ROW_COLUMN, np.arange(len(ds)))
+        for name, ds in used.items()
+    }
 
     train = used["train"]
     if "validation" in used:
@@ -356,12 +372,17 @@ def _load_splits(
             )
         return dict(ds), f"image folder {args.train_dir!r}"
     if args.train_file is not None:
-        data_files = {"train": args.train_file}
-        if args.validation_file is not None:
-            data_files["validation"] = args.validation_file
         builder = FILE_BUILDERS[os.path.splitext(args.train_file)[1].lower()]
-        ds = datasets.load_dataset(builder, data_files=data_files, cache_dir=cache_dir)
-        return dict(ds), f"{builder} file {args.train_file!r}"
+        # One file at a time: loaded together, datasets casts the validation file to the training file's
+        # schema, which turns integer labels into strings silently (or fails with DatasetGenerationError), so
+        # the label check could not tell the user that the two files disagree.
+        files = {"train": args.train_file, "validation": args.validation_file}
+        splits = {
+            split: datasets.load_dataset(builder, data_files={split: path}, split=split, cache_dir=cache_dir)
+            for split, path in files.items()
+            if path is not None
+        }
+        return splits, f"{builder} file {args.train_file!r}"
     train, validation = load_digits_dataset()
     logger.warning(
         "No dataset given: using the embedded default, scikit-learn's handwritten digits (%d train / %d "
@@ -462,8 +483,6 @@ def _encode_labels(
 
         per_split = {name: values(ds) for name, ds in splits.items()}
         classes = {v for vals in per_split.values() for v in vals}
-        if None in classes:
-            raise ValueError(f"The label column {column!r} has missing values; every row needs a label.")
         numeric = all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in classes)
         classes = sorted(classes) if numeric else sorted(classes, key=str)
         names = [str(v) for v in classes]
@@ -483,8 +502,94 @@ def _encode_labels(
     return splits, names
 
 
-def _has_unlabelled_rows(ds: datasets.Dataset, column: str) -> bool:
-    return len(ds) > 0 and min(ds.unique(column)) < 0
+@dataclass(frozen=True)
+class _SplitClasses:
+    """What `_split_classes` found in one split's label column."""
+
+    split: str
+    kind: str  # how the labels are written, e.g. "string", "int64", "ClassLabel"
+    named: bool  # class names (strings or ClassLabel) rather than numbers: the two cannot be matched
+    values: frozenset  # the classes present: names for ClassLabel and string columns, else the values
+    unlabelled: bool  # ClassLabel's -1 ("no label") occurs
+
+
+def _label_array(ds: datasets.Dataset, column: str) -> pa.ChunkedArray:
+    """The label column as Arrow: reads no image and runs no `with_transform`, so it is cheap at any size."""
+    return ds.with_format("arrow")[column]
+
+
+def _preview(values, limit: int = MAX_LISTED) -> str:
+    """`[a, b, c and 4 more]`: the first `limit` of `values`, sorted, for error messages."""
+    try:
+        values = sorted(values)
+    except TypeError:  # mixed types
+        values = sorted(values, key=str)
+    more = f" and {len(values) - limit} more" if len(values) > limit else ""
+    return f"[{', '.join(repr(v) for v in values[:limit])}{more}]"
+
+
+def _split_classes(ds: datasets.Dataset, column: str, split: str) -> _SplitClasses:
+    """Checks the label values of one split of the CLI path and returns its classes.
+
+    Raises:
+        ValueError: for rows without a label, ClassLabel ids outside -1..num_classes-1, negative plain numeric
+            labels, or a label feature that is neither a ClassLabel, strings nor numbers.
+    """
+    feature = ds.features[column]
+    labels = _label_array(ds, column)
+    where = f"The label column {column!r} of the '{split}' split"
+    is_string = isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+    is_number = isinstance(feature, datasets.Value) and (
+        pa.types.is_integer(labels.type)
+        or pa.types.is_floating(labels.type)
+        or pa.types.is_boolean(labels.type)
+    )
+    if not (isinstance(feature, datasets.ClassLabel) or is_string or is_number):
+        raise ValueError(
+            f"{where} has feature {feature}; expected a ClassLabel, integer or string labels. "
+            "Set --label_column_name to the column that holds the labels."
+        )
+    if labels.null_count:
+        raise ValueError(f"{where} has {labels.null_count} row(s) without a label; every row needs a label.")
+    values = set(pc.unique(labels).to_pylist())
+    if isinstance(feature, datasets.ClassLabel):
+        n = feature.num_classes
+        bad = {v for v in values if not -1 <= v < n}
+        if bad:
+            raise ValueError(
+                f"{where} is a ClassLabel with {n} classes (ids 0..{n - 1}, -1 for unlabelled) but holds ids "
+                f"{_preview(bad)}: the ids do not match the class names. Fix those labels or the ClassLabel names."
+            )
+        names = frozenset(feature.names[v] for v in values if v >= 0)
+        return _SplitClasses(split, "ClassLabel", True, names, -1 in values)
+    if is_string:
+        return _SplitClasses(split, "string", True, frozenset(values), False)
+    negative = {v for v in values if v < 0}
+    if negative:
+        rows = pc.sum(pc.less(labels, 0)).as_py()
+        raise ValueError(
+            f"{where} has negative labels {_preview(negative)} in {rows} row(s); class labels must be "
+            "non-negative integers or class names. If they mark unlabelled rows, remove those rows."
+        )
+    return _SplitClasses(split, feature.dtype, False, frozenset(values), False)
+
+
+def _check_validation_classes(train: _SplitClasses, validation: _SplitClasses, column: str, val_name: str):
+    """Every validation class must be a training class, written the same way (names or numbers)."""
+    if train.named != validation.named:
+        raise ValueError(
+            f"The label column {column!r} has {train.kind} labels in the 'train' split "
+            f"({_preview(train.values)}) but {validation.kind} labels in the '{val_name}' split "
+            f"({_preview(validation.values)}); the two cannot be matched. Write the labels of both splits the "
+            "same way: class names in both, or the same integer ids in both."
+        )
+    absent = validation.values - train.values
+    if absent:
+        raise ValueError(
+            f"The '{val_name}' split has {len(absent)} class(es) that the 'train' split has no rows of "
+            f"(label column {column!r}): {_preview(absent)}. A model cannot learn a class it never sees: add "
+            f"training images of these classes, or remove them from the '{val_name}' split."
+        )
 
 
 def _hold_out(
@@ -542,19 +647,180 @@ def decode_image(value: Any, row: int | None = None) -> PIL.Image.Image:
     if isinstance(value, (str, os.PathLike)):
         value = {"path": os.fspath(value), "bytes": None}
     data, path = value.get("bytes"), value.get("path")
-    if data is None and path:
-        where = f"file {path!r}"
-    else:
-        where = f"at row {row}" if row is not None else "in an unnamed row"
-        where += f" ({path!r})" if path else ""
     try:
         image = PIL.Image.open(io.BytesIO(data) if data is not None else path)
         image.load()  # decode now, so truncated files fail here rather than inside the transform
         return to_rgb(image)
+    except PIL.Image.DecompressionBombError as err:  # not an OSError: Pillow refuses, the file may be fine
+        raise ValueError(
+            f"Could not decode image {_image_where(value, row)}: {_reason(err)} {_BOMB_HINT}"
+        ) from err
     except (OSError, ValueError, SyntaxError, TypeError) as err:
         raise ValueError(
-            f"Could not decode image {where}: {type(err).__name__}: {err}. Remove or replace this image."
+            f"Could not decode image {_image_where(value, row)}: {_reason(err)}. Remove or replace this image."
         ) from err
+
+
+_BOMB_HINT = (
+    "If you trust this image, raise Pillow's limit (PIL.Image.MAX_IMAGE_PIXELS, in pixels; None for no limit) "
+    "before training, or shrink the image."
+)
+
+
+def _reason(err: BaseException) -> str:
+    """`Type: message` of a decoding error, without the `<_io.BytesIO object at 0x...>` Pillow puts in it."""
+    return f"{type(err).__name__}: {re.sub(r' <_io.BytesIO object at 0x[0-9a-f]+>', '', str(err))}"
+
+
+def _image_where(value: dict, row: int | None) -> str:
+    """How errors name an image: by its file when it is read from one, else by row (and stored file name)."""
+    data, path = value.get("bytes"), value.get("path")
+    if data is None and path:
+        return f"file {path!r}"
+    where = f"at row {row}" if row is not None else "in an unnamed row"
+    return where + (f" ({path!r})" if path else "")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checks before training
+# ----------------------------------------------------------------------------------------------------------
+
+
+def check_labels(
+    dataset: datasets.Dataset,
+    label_column: str | None = None,
+    num_labels: int | None = None,
+    split: str = "train",
+) -> None:
+    """Checks that `dataset` has rows and that its labels are integer class ids in 0..num_labels-1.
+
+    Reads only the label column, as Arrow, and ignores any `with_transform`, so it is cheap on large datasets and
+    works on raw datasets and on ones `apply_transforms` has already set up.
+
+    Args:
+        dataset: a `datasets.Dataset`. For another dataset (e.g. a torch `Dataset`) only emptiness is checked.
+        label_column: the label column; if absent or None, the first of "label", "labels", "fine_label" present.
+            A dataset with a `with_transform` and none of these columns is not checked further.
+        num_labels: the model's number of classes; None skips the upper bound.
+        split: the split's name, for messages.
+
+    Raises:
+        ValueError: for an empty dataset, missing, string or non-integer labels, or ids outside 0..num_labels-1.
+    """
+    if not isinstance(dataset, datasets.Dataset):
+        if hasattr(dataset, "__len__") and len(dataset) == 0:
+            raise ValueError(f"The '{split}' dataset is empty: it has no rows.")
+        return
+    if len(dataset) == 0:
+        raise ValueError(f"The '{split}' dataset is empty: it has no rows.")
+    candidates = (label_column, *LABEL_COLUMN_CANDIDATES)
+    column = next((c for c in candidates if c is not None and c in dataset.column_names), None)
+    if column is None:
+        if dataset.format["type"] == "custom":  # its transform makes the labels; they cannot be read cheaply
+            return
+        raise ValueError(
+            f"The '{split}' dataset has no label column: none of {[c for c in candidates if c]} is among its "
+            f"columns {dataset.column_names}."
+        )
+    labels = _label_array(dataset, column)
+    where = f"The label column {column!r} of the '{split}' dataset"
+    if labels.null_count:
+        raise ValueError(f"{where} has {labels.null_count} row(s) without a label; every row needs a label.")
+    if pa.types.is_string(labels.type) or pa.types.is_large_string(labels.type):
+        raise ValueError(
+            f"{where} holds strings ({_preview(pc.unique(labels).to_pylist())}), but the model expects integer "
+            f"class ids. Map them to ids (e.g. `dataset.class_encode_column({column!r})`), or give a ClassLabel "
+            "column."
+        )
+    integral = pa.types.is_integer(labels.type) or (
+        pa.types.is_floating(labels.type) and pc.all(pc.equal(labels, pc.floor(labels))).as_py()
+    )
+    if not integral:
+        raise ValueError(
+            f"{where} has feature {dataset.features[column]}; expected one integer class id per row "
+            f"(values seen: {_preview(pc.unique(labels).to_pylist())})."
+        )
+    upper = num_labels if num_labels is not None else float("inf")
+    bad = pc.or_(pc.less(labels, 0), pc.greater_equal(labels, upper))
+    rows = pc.sum(bad).as_py() or 0
+    if rows:
+        values = pc.unique(pc.filter(labels, bad)).to_pylist()
+        expected = f"0..{num_labels - 1} (the model has {num_labels} classes)" if num_labels else "0 or more"
+        raise ValueError(
+            f"{where} has {rows} row(s) with class ids outside {expected}: {_preview(values)}. Fix those "
+            "labels, or give the model as many classes as the data has."
+        )
+
+
+def check_images(
+    dataset: datasets.Dataset,
+    image_column: str | None = None,
+    split: str = "validation",
+    batch_size: int = 1000,
+) -> None:
+    """Decodes every image of `dataset` and raises one error naming all the undecodable ones.
+
+    Run it before training on a split that is only read later (validation), so that a bad image stops the run
+    at once rather than after training. Images are decoded with `decode_image`, as the transforms do, from the
+    stored bytes or paths (any `with_transform` is ignored); a CIFAR-sized split takes a few seconds.
+
+    Args:
+        dataset: a `datasets.Dataset`, raw or after `apply_transforms`.
+        image_column: the image column (an `Image` feature, or a string column of paths); default: "image" or
+            "img", whichever exists.
+        split: the split's name, for messages and the progress bar.
+        batch_size: rows read at a time.
+
+    Raises:
+        ValueError: naming up to 10 undecodable images (file, else row) and how many there are.
+    """
+    column = _find_column(dataset, image_column, IMAGE_COLUMN_CANDIDATES, "image", split)
+    raw = dataset.with_format(None).select_columns(
+        [c for c in (column, ROW_COLUMN) if c in dataset.column_names]
+    )
+    if isinstance(raw.features[column], datasets.Image):
+        raw = raw.cast_column(column, datasets.Image(decode=False))
+    failures, bombs = [], False
+    with hf_tqdm(total=len(raw), desc=f"Checking the {split} images", unit=" images") as progress:
+        for start, batch in zip(range(0, len(raw), batch_size), raw.iter(batch_size=batch_size)):
+            rows = batch.get(ROW_COLUMN) or range(start, start + len(batch[column]))
+            for value, row in zip(batch[column], rows):
+                try:
+                    decode_image(value, row)
+                except ValueError as err:
+                    cause = err.__cause__
+                    if isinstance(value, (str, os.PathLike)):
+                        value = {"path": os.fspath(value), "bytes": None}
+                    failures.append(f"{_image_where(value, row).removeprefix('at ')} ({_reason(cause)})")
+                    bombs |= isinstance(cause, PIL.Image.DecompressionBombError)
+            progress.update(len(batch[column]))
+    if failures:
+        more = f"; and {len(failures) - MAX_LISTED} more" if len(failures) > MAX_LISTED else ""
+        raise ValueError(
+            f"{len(failures)} of the {len(raw)} images of the '{split}' split (column {column!r}) could not be "
+            f"decoded: {'; '.join(failures[:MAX_LISTED])}{more}. Remove or replace these images."
+            + (f" {_BOMB_HINT}" if bombs else "")
+        )
+
+
+def error_summary(err: BaseException) -> str:
+    """The one-paragraph message of `err`, unwrapping an error re-raised from a DataLoader worker.
+
+    torch re-raises a worker's exception as "Caught ValueError in DataLoader worker process 0.\nOriginal Traceback
+    (most recent call last): ...". This returns the original message: what follows the traceback's last frame,
+    without the exception's type name. Any other error gives `str(err)`.
+    """
+    text = str(err)
+    if "Original Traceback" not in text:
+        return text
+    lines = text.rstrip().splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    if not frames:
+        return text
+    # After the last frame come its indented source and ^^^ lines, then the exception line(s).
+    start = next((i for i in range(frames[-1] + 1, len(lines)) if not lines[i].startswith(" ")), len(lines))
+    message = "\n".join(lines[start:])
+    return re.sub(r"^[\w.]+: ", "", message, count=1) if message else text
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -584,8 +850,10 @@ def compute_mean_std(
 ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """Per-channel mean and std of the RGB pixels of up to `max_images` images, in [0, 1] units.
 
-    Every pixel counts once, so larger images weigh more. A random sample (seeded) is used when the
-    dataset has more than `max_images` rows.
+    Every image counts once, whatever its size: the mean is the average of the per-image channel means, and
+    std = sqrt(E[x^2] - mean^2) with E[x^2] the average of the per-image channel means of x^2 (otherwise one large
+    image would outweigh thousands of small ones). A random sample (seeded) is used when the dataset has more
+    than `max_images` rows.
     """
     n = len(dataset)
     if n == 0:
@@ -596,15 +864,14 @@ def compute_mean_std(
         indices = np.arange(n)
     raw = dataset.with_format(None).cast_column(image_column, datasets.Image(decode=False)).select(indices)
     rows = raw[ROW_COLUMN] if ROW_COLUMN in raw.column_names else indices.tolist()
-    total, total_sq, count = np.zeros(3), np.zeros(3), 0
+    means, square_means = [], []
     for value, row in zip(raw[image_column], rows):
         pixels = np.asarray(decode_image(value, row), dtype=np.float64).reshape(-1, 3) / 255.0
-        total += pixels.sum(axis=0)
-        total_sq += (pixels**2).sum(axis=0)
-        count += len(pixels)
-    mean = total / count
+        means.append(pixels.mean(axis=0))
+        square_means.append((pixels**2).mean(axis=0))
+    mean = np.mean(means, axis=0)
     # A constant channel would divide by zero; 1e-3 keeps it finite (such a channel carries no signal).
-    std = np.maximum(np.sqrt(np.maximum(total_sq / count - mean**2, 0.0)), 1e-3)
+    std = np.maximum(np.sqrt(np.maximum(np.mean(square_means, axis=0) - mean**2, 0.0)), 1e-3)
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
@@ -710,19 +977,48 @@ class _CenterCrop(torch.nn.Module):
 
 
 class _BatchTransform:
-    """The `with_transform` function: decodes, converts to RGB, transforms; a class so that it pickles."""
+    """The `with_transform` function: decodes, converts to RGB, transforms; a class so that it pickles.
 
-    def __init__(self, transform, image_column: str, label_column: str):
+    With `seed` set, each image's random augmentation is drawn from a generator seeded by (seed, epoch, row)
+    and the global RNG is left as it was. Augmentation then depends neither on the global RNG (which the
+    mixers draw λ from), nor on DataLoader workers or the number of processes, so a resumed run draws exactly
+    what the uninterrupted one did (Trainer restores the RNG only after it has fetched the first batch).
+    `AdAutoMixTrainer` sets `seed` and, at each epoch, `epoch` (`set_augmentation_epoch`).
+    """
+
+    def __init__(self, transform, image_column: str, label_column: str, seed: int | None = None):
         self.transform, self.image_column, self.label_column = transform, image_column, label_column
+        self.seed, self.epoch = seed, 0
+
+    def _apply(self, image: PIL.Image.Image, row: int | None) -> torch.Tensor:
+        if self.seed is None or row is None:
+            return self.transform(image)
+        generator = torch.default_generator  # its own methods: torch.manual_seed would also seed CUDA
+        state = generator.get_state()
+        generator.manual_seed(hash((self.seed, self.epoch, int(row))) & 0x7FFF_FFFF_FFFF_FFFF)
+        try:
+            return self.transform(image)
+        finally:
+            generator.set_state(state)
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         images = batch[self.image_column]
         rows = batch.get(ROW_COLUMN) or [None] * len(images)
         pixel_values = [
-            self.transform(decode_image(value, row)).as_subclass(torch.Tensor)
+            self._apply(decode_image(value, row), row).as_subclass(torch.Tensor)
             for value, row in zip(images, rows)
         ]
         return {"pixel_values": pixel_values, "labels": list(batch[self.label_column])}
+
+
+def set_augmentation_epoch(dataset, seed: int | None, epoch: int) -> bool:
+    """Seeds the per-image augmentation of a dataset made by `apply_transforms` for `epoch` (see
+    `_BatchTransform`); `seed=None` goes back to the global RNG. Returns False for any other dataset."""
+    transform = getattr(dataset, "_format_kwargs", {}).get("transform")
+    if not isinstance(transform, _BatchTransform):
+        return False
+    transform.seed, transform.epoch = seed, epoch
+    return True
 
 
 def apply_transforms(image_data: ImageData, train_tf, eval_tf) -> ImageData:
@@ -750,11 +1046,28 @@ def apply_transforms(image_data: ImageData, train_tf, eval_tf) -> ImageData:
 
 
 def collate_fn(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stacks `{"pixel_values", "labels"}` rows into a float (B, 3, H, W) and a long (B,) tensor."""
+    """Stacks `{"pixel_values", "labels"}` rows into a float (B, 3, H, W) and a long (B,) tensor.
+
+    Raises:
+        ValueError: when a label is not an integer class id (e.g. a class name).
+    """
     return {
         "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
-        "labels": torch.tensor([int(e["labels"]) for e in examples], dtype=torch.long),
+        "labels": torch.tensor([_class_id(e["labels"]) for e in examples], dtype=torch.long),
     }
+
+
+def _class_id(label: Any) -> int:
+    try:
+        class_id = int(label)
+    except (TypeError, ValueError, OverflowError):  # None, "cat", NaN, ...
+        class_id = None
+    if class_id is None or class_id != label:  # also rejects "3" and 1.5, which int() would accept
+        raise ValueError(
+            f"Expected each row's 'labels' to be an integer class id, got {label!r} ({type(label).__name__}). "
+            "Map class names to ids (e.g. `dataset.class_encode_column(...)`), or give a ClassLabel column."
+        )
+    return class_id
 
 
 def make_image_processor(info: TransformInfo):

@@ -15,7 +15,7 @@ import shutil
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments
 from transformers.trainer_utils import rotate_checkpoints
 
 from .arguments import MixupArguments
@@ -233,6 +233,11 @@ class AdAutoMixTrainer(Trainer):
         if mixup_args.channels_last:
             wrapper.to_channels_last()
         self.transform_info = transform_info
+        num_labels = wrapper.classifier.num_classes
+        evals = eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset}
+        for split, ds in {"train": train_dataset, **evals}.items():
+            if ds is not None:  # labels checked up front, also for datasets that are already transformed
+                data_lib.check_labels(ds, None, num_labels, split=split)
         if train_dataset is not None or eval_dataset is not None:
             train_dataset, eval_dataset, info = _auto_transform(
                 train_dataset, eval_dataset, wrapper, args.seed
@@ -380,7 +385,12 @@ class AdAutoMixTrainer(Trainer):
         # Override: with --generator_min_lr, the generator group anneals on its own cosine (released recipes).
         scheduler = super().create_scheduler(num_training_steps, optimizer)
         floor = self.mixup_args.generator_min_lr
-        if floor is not None and self._generator_group is not None:
+        base_lr = (
+            self.optimizer.param_groups[self._generator_group]["lr"]
+            if self._generator_group is not None
+            else 0
+        )
+        if floor is not None and base_lr > 0:  # a frozen generator (--generator_lr 0) has nothing to anneal
             if not hasattr(scheduler, "lr_lambdas"):
                 raise ValueError(
                     f"--generator_min_lr needs a LambdaLR schedule, not {self.args.lr_scheduler_type}."
@@ -452,7 +462,29 @@ class AdAutoMixTrainer(Trainer):
             logger.warning("Resuming from %s.", resume_from_checkpoint)
         elif resume_from_checkpoint:
             check_resumable(resume_from_checkpoint)
+        if resume_from_checkpoint and self._finished_at(resume_from_checkpoint):
+            # Trainer would train one more step from a checkpoint taken at the last step; a re-run of a finished
+            # command must give back the same model instead.
+            from transformers.trainer_utils import TrainOutput
+
+            logger.warning("%s is the end of training: nothing left to train.", resume_from_checkpoint)
+            self._load_from_checkpoint(resume_from_checkpoint)
+            self.state = TrainerState.load_from_json(
+                os.path.join(resume_from_checkpoint, "trainer_state.json")
+            )
+            losses = [h["loss"] for h in self.state.log_history if "loss" in h]
+            loss = losses[-1] if losses else float("nan")
+            return TrainOutput(self.state.global_step, loss, {"train_loss": loss, "epoch": self.state.epoch})
         return super().train(resume_from_checkpoint=resume_from_checkpoint or None, trial=trial, **kwargs)
+
+    def _finished_at(self, checkpoint: str) -> bool:
+        path = os.path.join(checkpoint, "trainer_state.json")
+        if not os.path.isfile(path):
+            return False
+        state = TrainerState.load_from_json(path)
+        if self.args.max_steps > 0:
+            return state.global_step >= self.args.max_steps
+        return state.global_step >= state.max_steps and state.num_train_epochs == self.args.num_train_epochs
 
     def create_model_card(
         self,
@@ -592,7 +624,9 @@ def _auto_transform(train, evaluation, wrapper: MixupModel, seed: int):
     for ds in (train, evaluation):
         if is_raw(ds):
             tf = train_tf if ds is train else eval_tf
-            if data_lib.ROW_COLUMN not in ds.column_names:  # names undecodable rows, seeds augmentation per row
+            if (
+                data_lib.ROW_COLUMN not in ds.column_names
+            ):  # names undecodable rows, seeds augmentation per row
                 ds = ds.add_column(data_lib.ROW_COLUMN, list(range(len(ds))))
             ds = data_lib.apply_transforms(
                 data_lib.replace(image_data, train=ds, validation=ds), tf, tf

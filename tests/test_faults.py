@@ -143,8 +143,9 @@ def test_kill_during_a_checkpoint_save_leaves_the_previous_one_whole(reference, 
     assert f"Skipping checkpoint {out / 'checkpoint-6'}: it is incomplete" in logs
     assert f"Resuming from {out / 'checkpoint-3'}" in logs
     assert_same_weights(weights(out), weights(reference))
-    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6"] and complete(
-        out / "checkpoint-6"
+    # the last save (at max_steps) rotated out everything else
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-8"] and complete(
+        out / "checkpoint-8"
     )
 
 
@@ -156,15 +157,24 @@ def test_resume_at_the_epoch_boundary_is_bitwise(reference, tmp_path):
     assert_same_weights(weights(out), weights(reference))
 
 
-@pytest.mark.parametrize("mixup", ["none", "cutmix"])
-def test_resume_mid_epoch_is_bitwise(mixup, tmp_path):
+@pytest.mark.parametrize("mixup,resume", [("none", ["--resume_from_checkpoint", "True"]), ("cutmix", [])])
+def test_resume_mid_epoch_is_bitwise(mixup, resume, tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "out"
     ok(run([*RUN, "--mixup", mixup], ref))
     shutil.copytree(ref, out)
-    ok(run([*RUN, "--mixup", mixup, "--resume_from_checkpoint", "True"], out))  # -> checkpoint-6
-    shutil.rmtree(out / "checkpoint-6")
-    ok(run([*RUN, "--mixup", mixup], out))  # re-run: the last complete checkpoint is now checkpoint-3
+    for later in ("checkpoint-6", "checkpoint-8", "model.safetensors"):
+        shutil.rmtree(out / later) if (out / later).is_dir() else (out / later).unlink()
+    proc = ok(run([*RUN, "--mixup", mixup, *resume], out))  # the last complete checkpoint is checkpoint-3
+    assert f"Resuming from {out / 'checkpoint-3'}" in proc.stdout + proc.stderr
     assert_same_weights(weights(out), weights(ref))
+
+
+def test_rerunning_a_finished_command_changes_nothing(reference, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    proc = ok(run([*RUN, "--mixup", "adautomix"], out))
+    assert f"Resuming from {out / 'checkpoint-8'}" in proc.stdout + proc.stderr
+    assert_same_weights(weights(out), weights(reference))
 
 
 def test_resume_is_bitwise_with_two_processes(tmp_path):
