@@ -343,3 +343,158 @@ def test_hub_token_never_reaches_disk(tmp_path, monkeypatch):
     assert not leaking
     assert torch.load(out / "training_args.bin", weights_only=False).hub_token is None
     assert json.loads((out / RUN_FILE).read_text()).get("hub_token") is None
+
+
+# -- the Python API -------------------------------------------------------------------------------------------------
+class TestNonFiniteInTheAPI:
+    """`NonFiniteGuard` with NaN injected into the loss of chosen steps (1-based optimizer steps)."""
+
+    def trainer(self, tmp_path, bad_steps, max_skips, mixup="adautomix", max_steps=6):
+        from conftest import make_model
+        from test_trainer import targs, tensor_dataset
+
+        from hf_adautomix import AdAutoMixTrainer, MixupArguments
+
+        model, _ = make_model("hf_resnet")
+        trainer = AdAutoMixTrainer(
+            model=model,
+            args=targs(
+                tmp_path, max_steps=max_steps, optim="sgd", optim_args="momentum=0.9", weight_decay=1e-3
+            ),
+            mixup_args=MixupArguments(mixup=mixup, save_mix_every=0, max_nonfinite_steps=max_skips),
+            train_dataset=tensor_dataset(16),
+        )
+        wrapper, forward = trainer.model, trainer.model.forward
+        self.snapshots = {}
+
+        def poisoned(pixel_values, labels=None):
+            step = trainer.state.global_step + 1
+            if wrapper.training and step in bad_steps:
+                self.snapshots.setdefault(step, {k: v.clone() for k, v in wrapper.state_dict().items()})
+            out = forward(pixel_values, labels)
+            if wrapper.training and step in bad_steps:
+                out["loss"] = out["loss"] * float("nan")
+            return out
+
+        wrapper.forward = poisoned
+        return trainer
+
+    def test_skipped_steps_change_nothing_and_are_logged(self, tmp_path):
+        trainer = self.trainer(tmp_path, bad_steps={2, 4}, max_skips=2)
+        seen = {}
+
+        class After:  # state right after each optimizer step's callbacks
+            def on_step_end(self, args, state, control, model=None, **kw):
+                seen[state.global_step] = {k: v.clone() for k, v in model.state_dict().items()}
+
+        from transformers import TrainerCallback
+
+        trainer.add_callback(type("After", (After, TrainerCallback), {})())
+        trainer.train()
+        assert trainer.nonfinite_guard.skipped == 2
+        logged = [
+            h["nonfinite_steps_skipped"] for h in trainer.state.log_history if "nonfinite_steps_skipped" in h
+        ]
+        assert logged[-1] == 2
+        for step in (2, 4):
+            before, after = self.snapshots[step], seen[step]
+            # the classifier, the generator, the mix head and every BN statistic are as before the step; only
+            # the EMA teacher (towards unchanged weights) and the step counter move on
+            moved = {k for k in before if not torch.equal(before[k], after[k])}
+            assert moved and all(
+                k.startswith(("teacher.", "mixer.mix_head_teacher.")) or k == "step" for k in moved
+            ), moved
+        assert all(t.isfinite().all() for t in trainer.model.state_dict().values() if t.is_floating_point())
+        trainer.save_model()  # finite: exports
+
+    def test_one_more_than_allowed_stops_with_the_step_and_term(self, tmp_path):
+        from hf_adautomix.trainer import NonFiniteError
+
+        trainer = self.trainer(tmp_path, bad_steps={2, 3}, max_skips=1)
+        with pytest.raises(NonFiniteError, match=r"diverged at step 3: non-finite loss.*no checkpoint"):
+            trainer.train()
+
+    def test_default_stops_at_the_first(self, tmp_path):
+        from hf_adautomix.trainer import NonFiniteError
+
+        trainer = self.trainer(tmp_path, bad_steps={3}, max_skips=0, mixup="none")
+        with pytest.raises(NonFiniteError, match=r"diverged at step 3"):
+            trainer.train()
+        assert trainer.state.global_step == 2
+
+    def test_non_finite_weights_are_never_exported(self, tmp_path):
+        from hf_adautomix.trainer import NonFiniteError
+
+        trainer = self.trainer(tmp_path, bad_steps=set(), max_skips=0, mixup="none")
+        with torch.no_grad():
+            next(trainer.model.classifier.parameters()).fill_(float("inf"))
+        with pytest.raises(NonFiniteError, match="Refusing to export the online model"):
+            trainer.save_model()
+        assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_api_labels_out_of_range_are_one_clear_error(tmp_path):
+    from conftest import make_model
+    from test_trainer import targs, tensor_dataset
+
+    from hf_adautomix import AdAutoMixTrainer
+
+    model, _ = make_model("hf_resnet", num_labels=3)  # the data has 4 classes
+    with pytest.raises(ValueError, match=r"outside 0..2 \(the model has 3 classes\)"):
+        AdAutoMixTrainer(model=model, args=targs(tmp_path), train_dataset=tensor_dataset(8))
+
+
+def test_generator_lr_zero_freezes_the_generator(tmp_path):
+    from conftest import make_model
+    from test_trainer import targs, tensor_dataset
+
+    from hf_adautomix import AdAutoMixTrainer, MixupArguments
+
+    model, _ = make_model("hf_resnet")
+    trainer = AdAutoMixTrainer(
+        model=model,
+        args=targs(tmp_path, max_steps=3, weight_decay=0.0),
+        mixup_args=MixupArguments(
+            mixup="adautomix", save_mix_every=0, generator_lr=0.0, generator_min_lr=0.0
+        ),
+        train_dataset=tensor_dataset(16),
+    )
+    before = {k: v.clone() for k, v in trainer.model.mixer.generator.state_dict().items()}
+    trainer.train()
+    assert trainer.optimizer.param_groups[trainer._generator_group]["initial_lr"] == 0.0
+    after = trainer.model.mixer.generator.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_decode_error_in_a_dataloader_worker_is_one_line(tmp_path):
+    """A corrupt *training* image met by a worker process during training (the up-front checks only read the
+    validation images and the images sampled for the mean/std, here none: ImageNet recipe)."""
+    from PIL import Image
+
+    root = tmp_path / "data"
+    for split, n in (("train", 12), ("val", 4)):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (32, 32), (40 * i % 255, 90 if c == "a" else 200, 10)).save(
+                    root / split / c / f"{i}.png"
+                )
+    bad = root / "train" / "b" / "3.png"
+    bad.write_bytes(bad.read_bytes()[:60])
+    args = [*TINY_RESNET_ARGS, "--train_dir", str(root / "train"), "--validation_dir", str(root / "val")]
+    args += ["--transform_recipe", "imagenet", "--image_size", "32", "--dataloader_num_workers", "1"]
+    args += [
+        "--per_device_train_batch_size",
+        "8",
+        "--max_steps",
+        "6",
+        "--use_cpu",
+        "True",
+        "--disable_tqdm",
+        "True",
+    ]
+    proc = run(args, tmp_path / "out")
+    assert proc.returncode == 1
+    line = error_line(proc)
+    assert "Could not decode image" in line and "3.png" in line and "Caught" not in line
+    assert not (tmp_path / "out" / "model.safetensors").exists()
