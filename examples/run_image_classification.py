@@ -27,15 +27,14 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from hf_adautomix import AdAutoMixTrainer, DataTrainingArguments, MixupArguments, ModelArguments
 from hf_adautomix.arguments import bad_choice_message
-from hf_adautomix.backbones import build_model, wrap_classifier
+from hf_adautomix.backbones import build_model
 from hf_adautomix.checkpoints import check_output_dir, resolve_resume, run_record
 from hf_adautomix.data import (
     apply_transforms,
-    build_transforms,
     check_images,
     error_summary,
     load_image_datasets,
-    resolve_transform_info,
+    resolve_transforms,
 )
 from hf_adautomix.trainer import NonFiniteError
 
@@ -206,14 +205,16 @@ def main(argv: list[str] | None = None) -> dict:
         main_process=training_args.process_index == 0,
     )
 
-    # ----- Transforms: the CIFAR recipe for small images, the ImageNet recipe otherwise ------------------------
-    mean, std = (
-        _pretrained_norm(model) if (model_args.pretrained or model_args.model_name_or_path) else (None, None)
+    # ----- Transforms: the CIFAR recipe for small images, the ImageNet recipe otherwise; the data's size unless
+    # the model needs its own (ViT, Swin); a pretrained model's mean/std. The same decision as the Python API's ----
+    train_tf, eval_tf, info = resolve_transforms(
+        image_data,
+        data_args,
+        model,
+        seed=training_args.seed,
+        pretrained=bool(model_args.pretrained or model_args.model_name_or_path),
     )
-    info = resolve_transform_info(
-        image_data, data_args, image_size=None, image_mean=mean, image_std=std, seed=training_args.seed
-    )
-    image_data = apply_transforms(image_data, *build_transforms(info.recipe, info.size, info.mean, info.std))
+    image_data = apply_transforms(image_data, train_tf, eval_tf)
 
     # ----- Trainer ----------------------------------------------------------------------------------------------
     trainer = AdAutoMixTrainer(
@@ -257,23 +258,6 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.create_model_card(**card_kwargs)
     trainer.end()
     return {**train_result.metrics, **metrics}
-
-
-def _pretrained_norm(model):
-    """Normalisation a pretrained model was trained with (timm pretrained_cfg), else None (dataset stats)."""
-    adapter = wrap_classifier(model)
-    if adapter.family == "timm":
-        cfg = adapter.model.pretrained_cfg
-        if cfg.get("mean") and cfg.get("std"):
-            return tuple(cfg["mean"]), tuple(cfg["std"])
-        return None, None
-    try:  # the image processor saved with a transformers checkpoint, if it is there
-        from transformers import AutoImageProcessor
-
-        processor = AutoImageProcessor.from_pretrained(adapter.model.name_or_path)
-        return tuple(processor.image_mean), tuple(processor.image_std)
-    except (OSError, ValueError, AttributeError, TypeError):
-        return None, None
 
 
 if __name__ == "__main__":

@@ -3,8 +3,7 @@
 The usual sequence, as in transformers' `run_image_classification.py`::
 
     data = load_image_datasets(data_args)                       # splits, columns, integer labels
-    info = resolve_transform_info(data, data_args, image_size=224)
-    train_tf, eval_tf = build_transforms(info.recipe, info.size, info.mean, info.std)
+    train_tf, eval_tf, info = resolve_transforms(data, data_args, model, seed)  # size, recipe, mean/std
     data = apply_transforms(data, train_tf, eval_tf)            # rows -> {"pixel_values", "labels"}
     processor = make_image_processor(info)                      # the eval transform, for pipeline()
 
@@ -17,6 +16,7 @@ handwritten digits as 32x32 RGB images, for demos and tests.
 
 from __future__ import annotations
 
+import glob
 import io
 import logging
 import os
@@ -52,7 +52,11 @@ __all__ = [
     "load_digits_dataset",
     "load_image_datasets",
     "make_image_processor",
+    "fixed_input_size",
+    "is_pretrained",
+    "pretrained_norm",
     "resolve_transform_info",
+    "resolve_transforms",
     "set_augmentation_epoch",
     "to_rgb",
 ]
@@ -68,6 +72,10 @@ ROW_COLUMN = "__row__"
 SMALL_IMAGE_MAX_SIDE = 64  # "auto" picks the CIFAR recipe at or below this size, the ImageNet one above
 EVAL_CROP_PCT = 0.875  # ImageNet eval: resize to size / 0.875, then centre-crop size
 MAX_LISTED = 10  # error messages list at most this many offending values, files or rows
+DEFAULT_CROP_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop default
+RAND_AUGMENT_LEVELS = 10  # magnitudes on timm's / mmcls' 0..10 scale ("rand-m7" = 7 of 10)
+RAND_AUGMENT_DEFAULT_MAGNITUDE = 9
+MAX_RAND_AUGMENT_OPS = 14  # the size of RandAugment's op space
 
 Recipe = Literal["cifar", "imagenet", "none"]
 
@@ -100,7 +108,10 @@ class DataTrainingArguments:
     )
     train_file: str | None = field(
         default=None,
-        metadata={"help": "A .parquet (or .csv/.json/.jsonl with image paths) file of training rows."},
+        metadata={
+            "help": "A .parquet (or .csv/.json/.jsonl with image paths) file of training rows, or a glob of such "
+            "files (e.g. 'cifar10/train-*.parquet')."
+        },
     )
     validation_file: str | None = field(
         default=None, metadata={"help": "A file of validation rows, same format as --train_file."}
@@ -143,6 +154,27 @@ class DataTrainingArguments:
             "'none': resize only. 'auto': 'cifar' for images of at most 64 px, else 'imagenet'."
         },
     )
+    random_resized_crop_scale: str = field(
+        default="0.08,1",
+        metadata={
+            "help": "'lo,hi': the range of the image area that the 'imagenet' recipe's RandomResizedCrop keeps "
+            "(e.g. '0.8,1' in the released Swin/DeiT CIFAR settings). No effect under the other recipes."
+        },
+    )
+    rand_augment_ops: int = field(
+        default=0,
+        metadata={
+            "help": "RandAugment (torchvision v2) after crop and flip in the 'cifar' and 'imagenet' recipes: the "
+            "number of ops per image; 0 turns it off. The released Swin/ConvNeXt settings use 2."
+        },
+    )
+    rand_augment_magnitude: int = field(
+        default=9,
+        metadata={
+            "help": "RandAugment magnitude on timm's 0..10 scale (timm's 'rand-m<N>'); the released Swin/ConvNeXt "
+            "settings use 7. Needs --rand_augment_ops."
+        },
+    )
 
     def __post_init__(self):
         sources = [f"--{n} {v!r}" for n, v in self._sources().items() if v is not None]
@@ -170,7 +202,10 @@ class DataTrainingArguments:
                 raise ValueError(
                     f"--{arg} {path!r} has an unsupported extension {ext!r}; expected one of {sorted(FILE_BUILDERS)}."
                 )
-            if not os.path.isfile(path):
+            if glob.has_magic(path):  # a pattern, e.g. 'cifar10/train-*.parquet': datasets expands it
+                if not any(os.path.isfile(p) for p in glob.glob(path, recursive=True)):
+                    raise FileNotFoundError(f"--{arg} {path!r}: the pattern matches no file.")
+            elif not os.path.isfile(path):
                 raise FileNotFoundError(f"--{arg} {path!r} is not an existing file.")
         if self.train_file and self.validation_file:
             exts = {
@@ -191,6 +226,39 @@ class DataTrainingArguments:
             raise ValueError(
                 f"--transform_recipe must be one of 'auto', 'cifar', 'imagenet', 'none'; got {self.transform_recipe!r}."
             )
+        if isinstance(self.random_resized_crop_scale, (list, tuple)):  # a YAML list, e.g. [0.8, 1]
+            self.random_resized_crop_scale = ",".join(str(v) for v in self.random_resized_crop_scale)
+        self.crop_scale  # noqa: B018 -- parses and validates
+        if isinstance(self.rand_augment_ops, bool) or not 0 <= self.rand_augment_ops <= MAX_RAND_AUGMENT_OPS:
+            raise ValueError(
+                f"--rand_augment_ops must be an integer in 0..{MAX_RAND_AUGMENT_OPS} (0 turns RandAugment off), "
+                f"got {self.rand_augment_ops!r}."
+            )
+        if not 0 <= self.rand_augment_magnitude <= RAND_AUGMENT_LEVELS:
+            raise ValueError(
+                f"--rand_augment_magnitude must be in 0..{RAND_AUGMENT_LEVELS} (timm's 'rand-m<N>' scale), got "
+                f"{self.rand_augment_magnitude!r}."
+            )
+        if self.rand_augment_ops == 0 and self.rand_augment_magnitude != RAND_AUGMENT_DEFAULT_MAGNITUDE:
+            logger.warning(
+                "--rand_augment_magnitude %s has no effect: RandAugment is off (set --rand_augment_ops, e.g. 2).",
+                self.rand_augment_magnitude,
+            )
+
+    @property
+    def crop_scale(self) -> tuple[float, float]:
+        """`random_resized_crop_scale` as `(lo, hi)`, validated: 0 < lo <= hi <= 1."""
+        text = str(self.random_resized_crop_scale)
+        try:
+            lo, hi = (float(v) for v in text.split(","))
+        except ValueError:
+            lo = hi = float("nan")
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(
+                f"--random_resized_crop_scale must be 'lo,hi' with 0 < lo <= hi <= 1 (the fraction of the image area "
+                f"RandomResizedCrop keeps, e.g. '0.08,1' or '0.8,1'), got {text!r}."
+            )
+        return lo, hi
 
     def _sources(self) -> dict[str, str | None]:
         return {"dataset_name": self.dataset_name, "train_dir": self.train_dir, "train_file": self.train_file}
@@ -837,12 +905,16 @@ class TransformInfo:
         size: side of the square output images.
         mean: per-channel normalisation mean, in [0, 1] units.
         std: per-channel normalisation std, in [0, 1] units.
+        crop_scale: area range of the "imagenet" recipe's RandomResizedCrop (unused by the other recipes).
+        rand_augment: `(num_ops, magnitude)` of the training RandAugment (magnitude of 0..10), or None.
     """
 
     recipe: Recipe
     size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    crop_scale: tuple[float, float] = DEFAULT_CROP_SCALE
+    rand_augment: tuple[int, int] | None = None
 
 
 def compute_mean_std(
@@ -889,7 +961,10 @@ def resolve_transform_info(
     most 64 px, else "imagenet". Size: `data_args.image_size`, else `image_size` (the model's input size),
     else the first image's larger side ("cifar"/"none") or 224 ("imagenet"). Mean/std: `image_mean`/`image_std`
     when given (e.g. a pretrained model's), else the dataset's own (`compute_mean_std`, "cifar"), ImageNet's
-    ("imagenet"), or none at all (0 and 1, "none").
+    ("imagenet"), or none at all (0 and 1, "none"). Crop scale and RandAugment: from `data_args`; a flag
+    without effect under the resolved recipe is logged as a warning and left out.
+
+    Most callers want `resolve_transforms`, which also reads the size and normalisation off the model.
 
     Args:
         image_data: the loaded splits (before `apply_transforms`).
@@ -920,21 +995,190 @@ def resolve_transform_info(
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     else:
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    info = TransformInfo(recipe=recipe, size=int(size), mean=mean, std=std)
+    crop_scale = data_args.crop_scale
+    if recipe != "imagenet" and crop_scale != DEFAULT_CROP_SCALE:
+        logger.warning(
+            "--random_resized_crop_scale %s has no effect under the '%s' recipe (only 'imagenet' uses "
+            "RandomResizedCrop).",
+            data_args.random_resized_crop_scale,
+            recipe,
+        )
+    rand_augment = None
+    if data_args.rand_augment_ops:
+        if recipe == "none":
+            logger.warning(
+                "--rand_augment_ops %d has no effect under the 'none' recipe (resize only); use 'cifar' or "
+                "'imagenet'.",
+                data_args.rand_augment_ops,
+            )
+        else:
+            rand_augment = (int(data_args.rand_augment_ops), int(data_args.rand_augment_magnitude))
+    info = TransformInfo(
+        recipe=recipe,
+        size=int(size),
+        mean=mean,
+        std=std,
+        crop_scale=crop_scale,
+        rand_augment=rand_augment,
+    )
     logger.info("Transforms: %s", info)
     return info
 
 
+def fixed_input_size(model) -> int | None:
+    """The image side `model` needs, or None when it takes any size.
+
+    Models with absolute position embeddings or fixed attention windows need one size: timm models whose
+    `pretrained_cfg` says `fixed_input_size` (ViT, Swin, ...) unless built with `dynamic_img_size`, and
+    transformers models whose forward takes `interpolate_pos_encoding` (ViT, DeiT, BEiT, Swin, ...), at
+    `config.image_size`. Convolutional networks take any size, CIFAR-stem variants included: timm's nominal
+    224 only says what the architecture is usually trained at, and transformers' `config.image_size` of a
+    ConvNeXt is unused.
+
+    Args:
+        model: a timm or transformers classifier, its `ClassifierAdapter`, or a `MixupModel`.
+    """
+    adapter = _adapter(model)
+    if adapter is None:
+        return None
+    net = adapter.model
+    if adapter.family == "timm":
+        dynamic = getattr(net, "dynamic_img_size", False)
+        fixed = bool(net.pretrained_cfg.get("fixed_input_size", False)) and not dynamic
+    else:
+        import inspect
+
+        fixed = "interpolate_pos_encoding" in inspect.signature(net.forward).parameters
+    if not fixed:
+        return None
+    height, width = adapter.input_size
+    if height != width:
+        raise ValueError(
+            f"{type(net).__name__} needs {height}x{width} inputs; hf_adautomix's transforms make square images."
+        )
+    return int(height)
+
+
+def pretrained_norm(model) -> tuple[tuple[float, ...], tuple[float, ...]] | tuple[None, None]:
+    """The normalisation a pretrained model was trained with: timm's `pretrained_cfg` mean/std, or the image
+    processor saved with a transformers checkpoint; `(None, None)` when there is none."""
+    adapter = _adapter(model)
+    if adapter is None:
+        return None, None
+    if adapter.family == "timm":
+        cfg = adapter.model.pretrained_cfg
+        if cfg.get("mean") and cfg.get("std"):
+            return tuple(cfg["mean"]), tuple(cfg["std"])
+        return None, None
+    try:  # the image processor saved with a transformers checkpoint, if it is there
+        from transformers import AutoImageProcessor
+
+        processor = AutoImageProcessor.from_pretrained(adapter.model.name_or_path)
+        return tuple(processor.image_mean), tuple(processor.image_std)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None, None
+
+
+def is_pretrained(model) -> bool:
+    """Whether `model` was loaded from a checkpoint, as far as the model object tells.
+
+    transformers models remember their `name_or_path` (empty for `from_config`); timm models loaded from the Hub
+    or a local folder (`hf-hub:` / `local-dir:`) say so in `pretrained_cfg["source"]`. timm does not record
+    `create_model(name, pretrained=True)`: pass `pretrained=True` to `resolve_transforms` for such a model.
+    """
+    adapter = _adapter(model)
+    if adapter is None:
+        return False
+    if adapter.family == "timm":
+        return adapter.model.pretrained_cfg.get("source") in ("hf-hub", "local-dir")
+    return bool(getattr(adapter.model, "name_or_path", ""))
+
+
+def resolve_transforms(
+    image_data: ImageData,
+    data_args: DataTrainingArguments,
+    model=None,
+    seed: int = 0,
+    *,
+    pretrained: bool | None = None,
+) -> tuple[v2.Compose, v2.Compose, TransformInfo]:
+    """The train and eval transforms for `image_data` and `model`: the one decision the CLI and
+    `AdAutoMixTrainer` (given raw datasets) both use.
+
+    - Size: `data_args.image_size`, else the model's size if it needs one (`fixed_input_size`: ViT, Swin), else
+      the data's (the first image's larger side; 224 under the "imagenet" recipe). A CIFAR-stem or other
+      convolutional model trained on 32 px images therefore trains at 32 px.
+    - Recipe: `data_args.transform_recipe` ("auto": "cifar" for images of at most 64 px, else "imagenet").
+    - Normalisation: a pretrained model's own mean/std (`pretrained_norm`), else the recipe's.
+    - Crop scale and RandAugment: `data_args.random_resized_crop_scale`, `data_args.rand_augment_*`.
+
+    Args:
+        image_data: the loaded splits (before `apply_transforms`).
+        data_args: the data arguments.
+        model: the classifier (timm, transformers, its adapter or a `MixupModel`); None: decide from the data.
+        seed: seed of the image sample for the dataset mean/std.
+        pretrained: whether the model's weights are pretrained; None reads it off the model (`is_pretrained`).
+
+    Returns:
+        `(train_transform, eval_transform, info)`.
+    """
+    if pretrained is None:
+        pretrained = is_pretrained(model)
+    mean, std = pretrained_norm(model) if pretrained else (None, None)
+    info = resolve_transform_info(
+        image_data,
+        data_args,
+        image_size=fixed_input_size(model),
+        image_mean=mean,
+        image_std=std,
+        seed=seed,
+    )
+    train_tf, eval_tf = build_transforms(
+        info.recipe,
+        info.size,
+        info.mean,
+        info.std,
+        crop_scale=info.crop_scale,
+        rand_augment=info.rand_augment,
+    )
+    return train_tf, eval_tf, info
+
+
+def _adapter(model):
+    """The `ClassifierAdapter` of a timm/transformers model, an adapter, or a `MixupModel`; None for None."""
+    if model is None:
+        return None
+    from .backbones import ClassifierAdapter, wrap_classifier
+
+    if isinstance(model, ClassifierAdapter):
+        return model
+    if isinstance(getattr(model, "classifier", None), ClassifierAdapter):  # a MixupModel
+        return model.classifier
+    return wrap_classifier(model)
+
+
 def build_transforms(
-    recipe: Recipe, size: int, mean: tuple[float, ...], std: tuple[float, ...]
+    recipe: Recipe,
+    size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    *,
+    crop_scale: tuple[float, float] = DEFAULT_CROP_SCALE,
+    rand_augment: tuple[int, int] | None = None,
 ) -> tuple[v2.Compose, v2.Compose]:
     """Train and eval transforms from an RGB PIL image to a normalised float tensor (3, size, size).
 
     - "cifar": train = resize to size x size if needed, `RandomCrop(size, padding=4, padding_mode="reflect")`,
       horizontal flip; eval = resize to size x size if needed.
-    - "imagenet": train = `RandomResizedCrop(size)`, horizontal flip; eval = resize the short side to
-      `int(size / 0.875)`, centre-crop size.
+    - "imagenet": train = `RandomResizedCrop(size, scale=crop_scale)`, horizontal flip; eval = resize the short
+      side to `int(size / 0.875)`, centre-crop size.
     - "none": resize to size x size if needed, for both.
+
+    `rand_augment=(num_ops, magnitude)` appends torchvision v2's `RandAugment` to the "cifar" and "imagenet"
+    train transforms, the magnitude on timm's 0..10 scale (11 bins), filling with the mean colour as timm does.
+    It draws from torch's RNG only, so `_BatchTransform`'s per-row seeding covers it (timm's
+    `rand_augment_transform` draws from Python's `random`, which that seeding does not reach). The released
+    recipes' magnitude noise (std 0.5) is not reproduced.
 
     Geometry runs on uint8 tensors (antialiased bilinear), the same arithmetic as transformers' torchvision
     image processors, so `make_image_processor` reproduces the eval transform.
@@ -943,16 +1187,37 @@ def build_transforms(
         raise ValueError(f"Expected recipe 'cifar', 'imagenet' or 'none', got {recipe!r}.")
     if size < 1:
         raise ValueError(f"Expected a positive image size, got {size}.")
+    lo, hi = crop_scale
+    if not 0.0 < lo <= hi <= 1.0:
+        raise ValueError(f"Expected crop_scale (lo, hi) with 0 < lo <= hi <= 1, got {crop_scale!r}.")
     finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
     square = v2.Resize((size, size))  # a no-op on images already size x size
     if recipe == "cifar":
         train = [square, v2.RandomCrop(size, padding=4, padding_mode="reflect"), v2.RandomHorizontalFlip()]
         evaluation = [square]
     elif recipe == "imagenet":
-        train = [v2.RandomResizedCrop(size), v2.RandomHorizontalFlip()]
+        train = [v2.RandomResizedCrop(size, scale=(lo, hi)), v2.RandomHorizontalFlip()]
         evaluation = [v2.Resize(int(size / EVAL_CROP_PCT)), _CenterCrop(size)]
     else:
         train = evaluation = [square]
+    if rand_augment is not None and recipe != "none":
+        num_ops, magnitude = rand_augment
+        if num_ops < 0 or not 0 <= magnitude <= RAND_AUGMENT_LEVELS:
+            raise ValueError(
+                f"Expected rand_augment (num_ops >= 0, magnitude in 0..{RAND_AUGMENT_LEVELS}), got {rand_augment!r}."
+            )
+        # Fill with the mean colour, as timm's RandAugment does.
+        fill = [min(255, max(0, round(255 * m))) for m in mean]
+        train = [
+            *train,
+            v2.RandAugment(
+                num_ops=num_ops,
+                magnitude=magnitude,
+                num_magnitude_bins=RAND_AUGMENT_LEVELS + 1,
+                interpolation=v2.InterpolationMode.BILINEAR,
+                fill=fill,
+            ),
+        ]
     return v2.Compose([v2.ToImage(), *train, *finish]), v2.Compose([v2.ToImage(), *evaluation, *finish])
 
 

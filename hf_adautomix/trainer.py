@@ -579,11 +579,23 @@ def _refuse_sharded_training(args: TrainingArguments) -> None:
 
 
 def _auto_transform(train, evaluation, wrapper: MixupModel, seed: int):
-    """Apply the default transforms for the model's input size to raw image datasets (image + label columns);
-    datasets that already yield `pixel_values` are returned unchanged."""
+    """Apply the transforms `data.resolve_transforms` decides (the CLI's decision: the data's size unless the
+    model needs one, a pretrained model's mean/std) to raw image datasets (image + label columns); datasets that
+    already yield `pixel_values` are returned unchanged."""
     import datasets
 
     from . import data as data_lib
+
+    evals = evaluation.values() if isinstance(evaluation, dict) else (evaluation,)
+    for ds in (train, *evals):
+        if isinstance(ds, datasets.IterableDataset):
+            # Rows are transformed on the fly with `with_transform`, and the mean/std, label checks and exact
+            # resume read rows by index: a streaming dataset has none of these.
+            raise ValueError(
+                f"AdAutoMixTrainer got a {type(ds).__name__} (a streaming dataset); it needs a map-style "
+                "datasets.Dataset. Load it with `load_dataset(..., streaming=False)` (or "
+                "`Dataset.from_generator`)."
+            )
 
     def is_raw(ds) -> bool:  # a `datasets` image dataset that does not yet yield pixel_values
         return isinstance(ds, datasets.Dataset) and "pixel_values" not in ds[0]
@@ -608,15 +620,9 @@ def _auto_transform(train, evaluation, wrapper: MixupModel, seed: int):
         labels=names,
         source="user dataset",
     )
-    size = (
-        wrapper.classifier.input_size[0]
-        if wrapper.classifier.family == "timm" or getattr(wrapper.classifier.model.config, "image_size", None)
-        else None
+    train_tf, eval_tf, info = data_lib.resolve_transforms(
+        image_data, data_lib.DataTrainingArguments(), wrapper, seed=seed
     )
-    info = data_lib.resolve_transform_info(
-        image_data, data_lib.DataTrainingArguments(), image_size=size, seed=seed
-    )
-    train_tf, eval_tf = data_lib.build_transforms(info.recipe, info.size, info.mean, info.std)
     logger.info(
         "Applying the default '%s' transforms (size %d) to the raw image datasets.", info.recipe, info.size
     )

@@ -196,6 +196,7 @@ def test_resume_is_bitwise_with_two_processes(tmp_path):
 def test_truncated_checkpoint_is_named_and_skipped(reference, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(reference, out)
+    shutil.rmtree(out / "checkpoint-8")  # as if the run had been killed after step 6
     model_file = out / "checkpoint-6" / "model.safetensors"
     model_file.write_bytes(model_file.read_bytes()[:1000])
 
