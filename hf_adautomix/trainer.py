@@ -346,6 +346,11 @@ class AdAutoMixTrainer(Trainer):
             if self.args.world_size > 1:
                 vals = self.accelerator.reduce(vals, reduction="mean")
             logs.update({f"train_{k}": round(float(v), 4) for k, v in zip(keys, vals)})
+            if "train_loss_classifier" in logs:
+                # The step loss shown is the classifier's; with the generator's objective added (what is
+                # back-propagated) it would swing with the adversarial/cooperative alternation.
+                logs["train_loss_total"] = logs["loss"]
+                logs["loss"] = logs["train_loss_classifier"]
         if "loss" in logs:
             self._terms, self._terms_count = {}, 0
             if self.model.teacher is not None:

@@ -64,3 +64,31 @@ def tiny_classifier(seed: int = 0, num_labels: int = 4):
 @pytest.fixture(autouse=True)
 def _isolated_hf_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf_home"))
+
+
+def fake_hub_api(hub):
+    """An `HfApi` stand-in for `transformers.trainer.hf_api` (hf-ecosystem §8.4): `upload_folder` copies the folder
+    (less `ignore_patterns`) to `hub/<repo_id>`; with `run_as_future` it returns a completed Future."""
+    import shutil
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kw):
+            return SimpleNamespace(repo_id=repo_id)
+
+        def upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, run_as_future=False, **kw):
+            shutil.copytree(
+                folder_path,
+                hub / repo_id,
+                ignore=shutil.ignore_patterns(*(ignore_patterns or [])),
+                dirs_exist_ok=True,
+            )
+            info = SimpleNamespace(commit_url="https://hub/commit", oid="0" * 40)
+            if run_as_future:
+                future = Future()
+                future.set_result(info)
+                return future
+            return info
+
+    return FakeApi()

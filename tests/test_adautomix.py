@@ -1,6 +1,7 @@
 """AdAutoMix and AutoMix: every property of reference/adautomix-algorithm.md §12 (items 1-3, 5) plus the
 loss bookkeeping of §2.3-§2.4 and AutoMix's §7. Tiny CIFAR-stem ResNet (stage-3 map 8×8 on 32×32), CPU."""
 
+import logging
 import math
 
 import pytest
@@ -75,6 +76,45 @@ def reference_logits(gen, feats, lam):
         s = sum(q[i].transpose(1, 2) @ k[j] for j in range(n) if j != i) / math.sqrt(d)  # (B, hw_q, hw_k)
         out.append((s.softmax(dim=-1) @ v[i].transpose(1, 2)).view(b, h, w))
     return torch.stack(out, dim=1)
+
+
+def release_masks(gen, feats, lam, size, dtype=torch.float32):
+    """The release's generator as §3 writes it, one image at a time: S_n = Σ_{j≠n} Q_nᵀK_j (the N−1 products
+    summed), clamped to ±1e25 everywhere when it holds ±inf, then / √d; softmax over keys; m_n = A_n V_n; logits
+    upsampled (bilinear), then softmax over images. `dtype` float64 is the release's NaN fallback."""
+    n, b, c, h, w = feats.shape
+    z = [feats[i].to(dtype) for i in range(n)]
+    if gen.lam_concat:
+        z = [torch.cat([z[i], torch.full((b, 1, h, w), float(lam[i]), dtype=dtype)], dim=1) for i in range(n)]
+
+    def conv(m, t):
+        return F.conv2d(t, m.weight.to(dtype), m.bias.to(dtype))
+
+    q = [F.relu(conv(gen.query, t)).flatten(2) for t in z]
+    k = [F.relu(conv(gen.key, t)).flatten(2) for t in z]
+    v = [conv(gen.value, t).flatten(2) for t in z]
+    out = []
+    for i in range(n):
+        s = sum(q[i].transpose(1, 2) @ k[j] for j in range(n) if j != i)
+        if torch.isinf(s).any():
+            s = s.clamp(-1e25, 1e25)
+        s = s / math.sqrt(gen.dim)
+        out.append((s.softmax(-1) @ v[i].transpose(1, 2)).view(b, h, w))
+    logits = torch.stack(out, dim=1)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False).softmax(1)
+
+
+def pre_fix_masks(gen, feats, size):
+    """The generator before the overflow fix: ±inf replaced by ±1e25 *after* the 1/√d scaling."""
+    n, b, _, h, w = feats.shape
+    z = feats.float().flatten(0, 1)
+    q = F.relu(gen.query(z)).view(n, b, gen.dim, h * w)
+    k = F.relu(gen.key(z)).view(n, b, gen.dim, h * w)
+    v = gen.value(z).view(n, b, h * w)
+    s = torch.einsum("nbdp,nbdq->nbpq", q, k.sum(0, keepdim=True) - k) / math.sqrt(gen.dim)
+    s = torch.nan_to_num(s, nan=0.0, posinf=1e25, neginf=-1e25)
+    m = torch.einsum("nbpq,nbq->nbp", s.softmax(dim=-1), v).view(n, b, h, w).transpose(0, 1)
+    return F.interpolate(m, size=size, mode="bilinear", align_corners=False).softmax(1)
 
 
 # -- §12.1 generator ----------------------------------------------------------------------------------------------
@@ -182,6 +222,90 @@ class TestAdaptiveMask:
         out = run(model, x, y, step=0, seed=0, keep_graph=True)
         assert out["masks_mb"].shape == out["masks_bb"].shape == (4, 3, *size)
 
+    # -- overflow and NaN (§3: clamp before scaling, fp64 fallback) ------------------------------------------------
+    @pytest.mark.parametrize("seed", [0, 1])
+    def test_ordinary_inputs_are_bit_identical_to_the_plain_formula(self, seed):
+        gen = randomise(AdaptiveMask(8), seed=seed)
+        feats, lam = features(3, b=4, seed=seed), torch.rand(3)
+        with torch.no_grad():
+            assert torch.equal(gen(feats, lam, (16, 16)), pre_fix_masks(gen, feats, (16, 16)))
+
+    @pytest.mark.parametrize("scale", [1e19, 3e19, 1e20])
+    def test_overflowed_attention_ranks_as_the_release_clamp(self, scale):
+        """Huge finite features: some Q_nᵀK_j overflow to inf in fp32, others stay finite above 1e25. The release
+        clamps all of S_n to ±1e25 before scaling (the overflowed and the huge entries tie at the top); scaling first
+        and replacing only ±inf ranked the overflowed (largest) entries below the finite ones."""
+        gen = randomise(AdaptiveMask(8))
+        feats, lam = features(3, b=4) * scale, torch.full((3,), 1 / 3)
+        with torch.no_grad():
+            z = feats.flatten(0, 1)
+            q = F.relu(gen.query(z)).flatten(2)
+            k = F.relu(gen.key(z)).flatten(2)
+            s = q.transpose(1, 2) @ k
+            assert s.isinf().any() and (s.isfinite() & (s > 1e25)).any()  # both kinds are present
+            masks = gen(feats, lam, (16, 16))
+        expected = release_masks(gen, feats, lam, (16, 16))
+        assert masks.isfinite().all()
+        assert_close(masks, expected, rtol=0, atol=1e-6)
+        assert (pre_fix_masks(gen, feats, (16, 16)) - expected).abs().max() > 0.5  # the old order is caught
+
+    def test_nan_sample_in_fp32_falls_back_to_fp64(self):
+        """Sample 0's features are finite but so large that its fp32 convs overflow (inf·0 = NaN in Q_nᵀK_j); in
+        fp64 it is finite. The other samples keep their fp32 masks, and θ's gradient stays finite."""
+        gen = randomise(AdaptiveMask(8), std=3.0)
+        feats, lam = features(3, b=3), torch.full((3,), 1 / 3)
+        feats[:, 0] = feats[:, 0].clamp(-3, 3) * 1e38
+        with torch.no_grad():
+            fp32 = release_masks(gen, feats, lam, (16, 16))
+            fp64 = release_masks(gen, feats, lam, (16, 16), torch.float64)
+        assert fp32[0].isnan().any() and fp32[1:].isfinite().all() and fp64.isfinite().all()
+        masks = gen(feats, lam, (16, 16))
+        assert masks.isfinite().all()
+        assert_close(masks.sum(1), torch.ones(3, 16, 16))
+        assert_close(masks[0].double(), fp64[0], rtol=0, atol=1e-6)
+        assert_close(masks[1:], fp32[1:], rtol=0, atol=1e-6)
+        with torch.no_grad():
+            assert torch.equal(
+                masks[1:],
+                gen(torch.where(torch.arange(3).view(1, 3, 1, 1, 1) == 0, 0.0, feats), lam, (16, 16))[1:],
+            )
+        g = torch.autograd.grad((masks * torch.randn_like(masks)).sum(), list(gen.parameters()))
+        assert all(gi.isfinite().all() for gi in g) and not all_zero(g)
+
+    def test_nan_feature_gives_uniform_mask_and_finite_gradient(self):
+        gen = randomise(AdaptiveMask(8))
+        feats, lam = features(3, b=3), torch.full((3,), 1 / 3)
+        feats[1, 0, 2, 1, 1] = float("nan")  # one NaN in image 2's map of sample 0
+        masks = gen(feats, lam, (16, 16))
+        assert torch.equal(masks[0], torch.full_like(masks[0], 1 / 3))  # NaN in fp64 too: uniform
+        with torch.no_grad():
+            assert_close(masks[1:], gen(feats[:, 1:], lam, (16, 16)), rtol=0, atol=1e-6)
+        g = torch.autograd.grad((masks * torch.randn_like(masks)).sum(), list(gen.parameters()))
+        assert all(gi.isfinite().all() for gi in g) and not all_zero(g)
+
+    def test_nan_in_teacher_feature_map_keeps_the_step_finite(self, monkeypatch, caplog):
+        model = learned_model(mix_num=3)
+        randomise(model.mixer.generator, std=0.3)
+        real = model.teacher.forward_features
+
+        def nan_stage(x, stage=None):
+            out = real(x, stage=stage)
+            if stage is None:
+                return out
+            bad = out.stage_map.clone()
+            bad[0, 0, 0, 0] = float("nan")
+            return out._replace(stage_map=bad)
+
+        monkeypatch.setattr(model.teacher, "forward_features", nan_stage)
+        x, y = batch()
+        torch.manual_seed(0)
+        with caplog.at_level(logging.WARNING, logger=automix_module.__name__):
+            loss = model(x, y)["loss"]
+        assert "NaN mask for 3 sample(s)" in caplog.text  # sample 0 sits in 3 mixes of each branch
+        assert loss.isfinite()
+        loss.backward()
+        assert all(p.grad.isfinite().all() for p in model.parameters() if p.grad is not None)
+
 
 # -- §12.2 gradient isolation -------------------------------------------------------------------------------------
 class TestGradientIsolation:
@@ -253,6 +377,30 @@ class TestGradientIsolation:
             assert_close(a, -b)
         for a, b in zip(g_reversed[k:], g_plain[k:]):  # classifier and mix head: ordinary descent
             assert_close(a, b)
+
+    @pytest.mark.parametrize("lam, hit", [([0.5, 0.2, 0.3], False), ([0.01, 0.6, 0.39], True)])
+    def test_paper_variant_one_set_one_generator_call_and_margin(self, lam, hit, monkeypatch):
+        """Paper (Eq. 8, 14, 15): one generator call on π; the λ-margin swaps the classifier's generated mix for the
+        vanilla mix of the same set, so L_amce(ψ_W) = L_mce and only the teacher terms reach θ on that step."""
+        model = learned_model(mix_num=3, variant="paper")
+        randomise(model.mixer.generator, std=0.3)
+        real_sample, calls = model.mixer.sample, []
+        monkeypatch.setattr(
+            model.mixer, "sample", lambda b, d: {**real_sample(b, d), "lam_mb": torch.tensor(lam)}
+        )
+        forward = model.mixer.generator.forward
+        monkeypatch.setattr(model.mixer.generator, "forward", lambda *a: calls.append(1) or forward(*a))
+        x, y = batch()
+        out = run(model, x, y, step=0, seed=3, keep_graph=True)
+        assert len(calls) == 1
+        theta = list(model.mixer.generator.parameters())
+        assert not all_zero(grads(out["loss_theta"], theta))
+        if hit:
+            assert_close(out["loss_gen"], out["loss_van"])
+            assert not out["loss_gen"].requires_grad or all_zero(grads(out["loss_gen"], theta))
+        else:
+            assert (out["loss_gen"] - out["loss_van"]).abs() > 1e-6
+            assert not all_zero(grads(out["loss_gen"], theta))
 
 
 # -- §12.3 alternation --------------------------------------------------------------------------------------------
@@ -452,6 +600,9 @@ class TestLossTerms:
             out["loss_gen"] + (1 - alpha) * out["loss_one"] + alpha * out["loss_van"] + out["loss_theta"]
         )
         assert_close(out["loss"].detach(), expected, rtol=0, atol=1e-5)
+        # Logged step loss: the classifier's; the total adds the generator objective, in the same order.
+        assert_close(out["loss_classifier"], expected - out["loss_theta"], rtol=0, atol=1e-5)
+        assert torch.equal(out["loss"].detach(), out["loss_classifier"] + out["loss_theta"])
         k, c = out["loss_teacher"], out["cos_sim"]
         assert_close(out["loss_theta"], -beta * k + (1 - beta) * c if step % 2 == 0 else k)
         assert not any(v.requires_grad for key, v in out.items() if key != "loss")
@@ -503,6 +654,8 @@ class TestAutoMix:
                 out["loss"].detach(),
                 out["loss_gen"] + out["loss_one"] + out["loss_teacher"] + out["loss_mask"],
             )
+            assert_close(out["loss_classifier"], out["loss_gen"] + out["loss_one"])
+            assert_close(out["loss_theta"], out["loss_teacher"] + out["loss_mask"])
 
     @pytest.mark.parametrize("step", [0, 1])
     def test_generator_step_lowers_teacher_mixup_ce(self, step):

@@ -307,34 +307,19 @@ def test_a_last_batch_of_one_is_dropped(mixup, tmp_path):
 # -- secrets --------------------------------------------------------------------------------------------------------
 def test_hub_token_never_reaches_disk(tmp_path, monkeypatch):
     """A planted --hub_token and HF_TOKEN appear in no file of the output folder, checkpoints or upload."""
-    from concurrent.futures import Future
-    from types import SimpleNamespace
     from unittest import mock
 
+    from conftest import fake_hub_api
     from test_cli import load_script
 
     secret, env_secret = "hf_PLANTEDtoken1234567890", "hf_PLANTEDenv0987654321"
     monkeypatch.setenv("HF_TOKEN", env_secret)
     hub = tmp_path / "hub"
-
-    class FakeApi:
-        def create_repo(self, repo_id, **kw):
-            return SimpleNamespace(repo_id=repo_id)
-
-        def upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, run_as_future=False, **kw):
-            shutil.copytree(folder_path, hub / repo_id, dirs_exist_ok=True)
-            info = SimpleNamespace(commit_url="https://hub/commit", oid="0" * 40)
-            if run_as_future:
-                future = Future()
-                future.set_result(info)
-                return future
-            return info
-
     out = tmp_path / "out"
     args = [*RUN, "--mixup", "adautomix", "--max_steps", "3", "--output_dir", str(out)]
     args += ["--push_to_hub", "True", "--hub_model_id", "me/tiny", "--hub_token", secret]
     args += ["--hub_strategy", "checkpoint", "--report_to", "none"]
-    with mock.patch("transformers.trainer.hf_api", return_value=FakeApi()):
+    with mock.patch("transformers.trainer.hf_api", return_value=fake_hub_api(hub)):
         load_script().main(args)
     files = [p for root in (out, hub) for p in root.rglob("*") if p.is_file()]
     assert any(p.name == "training_args.bin" for p in files) and (out / "checkpoint-3").is_dir()

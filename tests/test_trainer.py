@@ -223,33 +223,14 @@ def test_torch_compile_and_channels_last(tmp_path):
 
 def test_push_to_hub_uploads_the_native_model_and_our_card(tmp_path):
     """Offline push (hf-ecosystem §8.4): the uploaded folder is the exported native model + processor + our card."""
-    import shutil
-    from concurrent.futures import Future
-    from types import SimpleNamespace
     from unittest import mock
+
+    from conftest import fake_hub_api
 
     hub = tmp_path / "hub"
 
-    class FakeApi:
-        def create_repo(self, repo_id, **kw):
-            return SimpleNamespace(repo_id=repo_id)
-
-        def upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, run_as_future=False, **kw):
-            shutil.copytree(
-                folder_path,
-                hub / repo_id,
-                ignore=shutil.ignore_patterns(*(ignore_patterns or [])),
-                dirs_exist_ok=True,
-            )
-            info = SimpleNamespace(commit_url="https://hub/commit", oid="0" * 40)
-            if run_as_future:
-                future = Future()
-                future.set_result(info)
-                return future
-            return info
-
     model, _ = make_model("hf_resnet")
-    with mock.patch("transformers.trainer.hf_api", return_value=FakeApi()):
+    with mock.patch("transformers.trainer.hf_api", return_value=fake_hub_api(hub)):
         trainer = AdAutoMixTrainer(
             model=model,
             args=targs(tmp_path / "out", push_to_hub=True, hub_model_id="me/tiny-ada"),

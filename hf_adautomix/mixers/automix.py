@@ -16,6 +16,7 @@ update per step instead of N+1, and Swin/ConvNeXt references share one drop-path
 from __future__ import annotations
 
 import copy
+import logging
 import math
 
 import torch
@@ -23,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Mixer, cross_entropy
+
+logger = logging.getLogger(__name__)
 
 
 class GradReverse(torch.autograd.Function):
@@ -46,6 +49,12 @@ def _init_conv(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+def _conv(conv: nn.Conv2d, z: torch.Tensor) -> torch.Tensor:
+    # The conv at z's dtype (fp32: the module's own weights, unchanged; fp64: the NaN fallback), graph kept to θ.
+    bias = None if conv.bias is None else conv.bias.to(z.dtype)
+    return F.conv2d(z, conv.weight.to(z.dtype), bias)
+
+
 def _upsample(logits: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
     # The factor is the feature stride, derived from the shapes (input size / feature size), never hand-set.
     if mode == "nearest":
@@ -54,18 +63,27 @@ def _upsample(logits: torch.Tensor, size: tuple[int, int], mode: str) -> torch.T
 
 
 class AdaptiveMask(nn.Module):
-    """AdAutoMix's generator G_θ (§3): N-image cross-attention masks that sum to 1 at every pixel.
+    """AdAutoMix's generator G_θ (§3, paper Eq. 5-7): N-image cross-attention masks that sum to 1 at every pixel.
 
     Per image n: Q_n = ReLU(W_q Z_n), K_n = ReLU(W_k Z_n) (d = C/2 channels, 1×1 convs shared across images),
     V_n = W_v Z_n (1 channel). S_n = Q_nᵀ (Σ_{j≠n} K_j) / √d (the N−1 logit matrices summed, as released),
     m_n = softmax_keys(S_n) V_n. The logits [m_1..m_N] are upsampled to the image size, then softmaxed over the
     N images (released order; the paper takes the softmax first, §11 A4). Attention runs in fp32.
 
+    Overflow and NaN, as released (§3): if the unscaled S_n holds ±inf anywhere in the batch, every entry of S_n is
+    clamped to ±1e25 *before* the 1/√d scaling (so overflowed entries tie with the largest finite ones instead of
+    ranking below them). A sample whose fp32 mask is NaN is recomputed in fp64; one that is NaN even in fp64 (a
+    NaN in its feature map) gets the uniform mask 1/N, without a graph, so it cannot poison θ's gradient. For
+    finite inputs whose attention logits stay within ±1e25 none of this changes a bit of the result.
+
     Args:
         in_channels: C of the tapped feature map.
         lam_concat: append a constant λ_n channel to Z_n.
         upsample: "bilinear" (released CNN configs) or "nearest" (ViT configs).
     """
+
+    #: the release's bound for attention logits that overflowed
+    clamp = 1e25
 
     def __init__(
         self, in_channels: int, *, lam_concat: bool = False, upsample: str = "bilinear", reduction: int = 2
@@ -80,26 +98,61 @@ class AdaptiveMask(nn.Module):
         self.value = nn.Conv2d(c, 1, 1)
         _init_conv(self)
 
-    def mask_logits(self, feats: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    def mask_logits(
+        self, feats: torch.Tensor, lam: torch.Tensor, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
         """feats (N, B, C, h, w), lam (N,) -> per-image logits (B, N, h, w), before upsampling and softmax."""
         n, b, _, h, w = feats.shape
-        z = feats.float()
+        z = feats.to(dtype)
         if self.lam_concat:
-            z = torch.cat([z, lam.float().view(n, 1, 1, 1, 1).expand(n, b, 1, h, w)], dim=2)
+            z = torch.cat([z, lam.to(dtype).view(n, 1, 1, 1, 1).expand(n, b, 1, h, w)], dim=2)
         z = z.flatten(0, 1)  # (N*B, C', h, w)
-        q = F.relu(self.query(z)).view(n, b, self.dim, h * w)
-        k = F.relu(self.key(z)).view(n, b, self.dim, h * w)
-        v = self.value(z).view(n, b, h * w)
+        q = F.relu(_conv(self.query, z)).view(n, b, self.dim, h * w)
+        k = F.relu(_conv(self.key, z)).view(n, b, self.dim, h * w)
+        v = _conv(self.value, z).view(n, b, h * w)
         # Σ_{j≠n} Q_nᵀK_j = Q_nᵀ(Σ_j K_j − K_n): one matmul per image instead of N−1.
-        s = torch.einsum("nbdp,nbdq->nbpq", q, k.sum(0, keepdim=True) - k) / math.sqrt(self.dim)
-        s = torch.nan_to_num(s, nan=0.0, posinf=1e25, neginf=-1e25)  # released clamp of ±inf
+        s = torch.einsum("nbdp,nbdq->nbpq", q, k.sum(0, keepdim=True) - k)
+        # Released clamp: S_n (the whole batch) with any ±inf is clamped everywhere, then scaled. Without ±inf the
+        # `where` returns s untouched; it needs no device sync.
+        has_inf = s.isinf().flatten(1).any(1).view(n, 1, 1, 1)
+        s = torch.where(has_inf, s.clamp(-self.clamp, self.clamp), s) / math.sqrt(self.dim)
         m = torch.einsum("nbpq,nbq->nbp", s.softmax(dim=-1), v)
         return m.view(n, b, h, w).transpose(0, 1)
+
+    def _masks(self, feats, lam, size, dtype) -> torch.Tensor:
+        return _upsample(self.mask_logits(feats, lam, dtype), size, self.upsample).softmax(dim=1)
 
     def forward(self, feats: torch.Tensor, lam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Masks (B, N, H, W) in fp32, summing to 1 over N at every pixel."""
         with torch.autocast(device_type=feats.device.type, enabled=False):
-            return _upsample(self.mask_logits(feats, lam), size, self.upsample).softmax(dim=1)
+            masks = self._masks(feats, lam, size, torch.float32)
+            bad = masks.isnan().flatten(1).any(1)  # (B,)
+            if not bool(bad.any()):  # one tiny device sync per call, as the release's NaN check
+                return masks
+            return self._nan_fallback(feats, lam, size, bad)
+
+    def _nan_fallback(self, feats, lam, size, bad) -> torch.Tensor:
+        """Samples are independent (1×1 convs, attention within a sample). The batch is recomputed in fp32 with the
+        NaN samples' features zeroed (so the finite samples get the same numbers, and no NaN activation sits in the
+        graph: a zero gradient through a NaN is still NaN); the NaN samples are recomputed on their own in fp64,
+        and those still NaN there get the uniform mask 1/N, without a graph."""
+        n = feats.shape[0]
+        nan_rows = bad.nonzero().squeeze(1)
+        with torch.no_grad():
+            ok64 = ~self._masks(feats[:, nan_rows], lam, size, torch.float64).isnan().flatten(1).any(1)
+        fixed = nan_rows[ok64]
+        logger.warning(
+            "AdAutoMix generator: NaN mask for %d sample(s) in fp32; recomputed in fp64 (%d finite, %d set to "
+            "the uniform mask 1/N).",
+            nan_rows.numel(),
+            fixed.numel(),
+            nan_rows.numel() - fixed.numel(),
+        )
+        clean = torch.where(bad.view(1, -1, 1, 1, 1), torch.zeros_like(feats), feats)
+        masks = torch.where(bad.view(-1, 1, 1, 1), 1.0 / n, self._masks(clean, lam, size, torch.float32))
+        if fixed.numel():
+            masks = masks.index_put((fixed,), self._masks(feats[:, fixed], lam, size, torch.float64).float())
+        return masks
 
 
 class PixelMixBlock(nn.Module):
@@ -321,11 +374,28 @@ class AdAutoMix(_LearnedMixer):
     # -- one iteration -----------------------------------------------------------------------------------------
     def forward(self, x, y, classifier, *, teacher, step: int, keep_graph: bool = False):
         """One iteration. `keep_graph` returns the loss terms with their autograd graphs, plus `loss_re` and both
-        mask sets, so tests can check each term's gradient path (§12.2); the training step leaves it off."""
+        mask sets (`masks_bb`: the masks of the classifier's generated-mix input), so tests can check each term's
+        gradient path (§12.2); the training step leaves it off.
+
+        Released (§2.3): the classifier trains on the detached bb mixes of the image sets σ with λ^bb
+        (L_gen = CE_λ^bb(h_mix_q(f_q(x̃^bb)); y[σ])), the vanilla mix L_van on the same σ, λ^bb; the generator on the
+        mb mixes of π with λ^mb, judged by the teacher only. The λ-margin override swaps x̃^bb for the vanilla mix.
+
+        Paper (`variant="paper"`): one image set X = {x[π_n]} and one λ = λ^mb (Eq. 8) feed every term. Classifier,
+        Eq. 14: L_amce(ψ_W) (Eq. 3) on x_mix = G_θ(X, λ) + α·L_mce(ψ_W) (Eq. 4, vanilla Σλ_n x_n of the same X, for
+        every N, §11 A8) + (1 − α)·L_ace (Eq. 2, = clean CE, §4). Generator, Eq. 15/16: ascent on
+        L_amce(ψ_W) − β·L_amce(ψ_Ŵ) + (1 − β)·L_cos, i.e. gradient reversal on x_mix for the first term plus
+        descent on β·L_k − (1 − β)·C. The λ-margin override (tested on λ^mb) feeds L_amce the vanilla mix instead of
+        x_mix, as the release does for its classifier branch; on such a step θ gets only the teacher terms. No
+        second (bb) generator call; σ and λ^bb are drawn (same RNG stream as released) but unused.
+        """
+        paper = self.variant == "paper"
         # Drawn on the CPU: the margin test reads λ without waiting for the device.
         p = self.sample(x.shape[0], "cpu")
-        n, hit = p["n"], self.margin_hit(p["lam_bb"])
+        n, hit = p["n"], self.margin_hit(p["lam_mb" if paper else "lam_bb"])
         lam_mb, lam_bb, pi, sigma = (p[k].to(x.device) for k in ("lam_mb", "lam_bb", "pi", "sigma"))
+        # The classifier's image sets and λ: σ, λ^bb as released; the one set π, λ^mb in the paper.
+        lam_c, perms_c = (lam_mb, pi) if paper else (lam_bb, sigma)
         eps, size = self.label_smoothing, x.shape[-2:]
         head_k = self.head_k(teacher)
 
@@ -336,37 +406,37 @@ class AdAutoMix(_LearnedMixer):
             ref_logits = head_k(feats.pooled)  # cosine references r_n = ref_logits[π_n] (shared pass, §9.1)
         fmap = feats.stage_map
 
-        # 2. Generator twice: mb with graph, bb detached (made under no_grad, §9.2).
+        # 2. Generator: mb with graph; released also bb, detached (made under no_grad, §9.2).
         masks_mb = self.generator(fmap[pi], lam_mb, size)
-        if self.separate_ref_passes:  # released: built with a graph, then detached (§11 B6)
+        if not paper and self.separate_ref_passes:  # released: built with a graph, then detached (§11 B6)
             masks_bb = self.generator(fmap[sigma], lam_bb, size).detach()
         with torch.no_grad():
-            if not self.separate_ref_passes:
+            if not paper and not self.separate_ref_passes:
                 masks_bb = self.generator(fmap[sigma], lam_bb, size)
-            if hit:  # the classifier branch falls back to vanilla mixup, on every channel (§11 B3)
-                masks_bb = lam_bb.float().view(1, n, 1, 1).expand_as(masks_bb).clone()
-            x_bb = _mix(x, sigma, masks_bb)
+            if (
+                hit
+            ):  # the classifier's generated-mix input falls back to vanilla mixup, on every channel (§11 B3)
+                masks_bb = lam_c.float().view(1, n, 1, 1).expand(x.shape[0], n, *size).clone()
+            x_bb = _mix(x, perms_c, masks_bb) if (hit or not paper) else None
+        if paper and not hit:
+            masks_bb = masks_mb
 
         # 3. Classifier (online, three passes with their own BN statistics).
         loss_one = cross_entropy(classifier(x), y, eps)
         head_q = self.head_q(classifier)
-        if n >= 3:
-            x_van = _mix(x, sigma, lam_bb.float().view(1, n, 1, 1).expand(x.shape[0], n, *size))
-            loss_van = _mix_ce(head_q(classifier.forward_features(x_van).pooled), y, sigma, lam_bb, eps)
+        if n >= 3 or paper:
+            x_van = _mix(x, perms_c, lam_c.float().view(1, n, 1, 1).expand(x.shape[0], n, *size))
+            loss_van = _mix_ce(head_q(classifier.forward_features(x_van).pooled), y, perms_c, lam_c, eps)
             loss_re = (1 - self.mce_weight) * loss_one + self.mce_weight * loss_van
         else:
             loss_van = torch.zeros((), device=x.device)
             loss_re = loss_one
 
         x_mb = _mix(x, pi, masks_mb)
-        if self.variant == "paper":
-            # Eq. 14/15: one generated set trains the classifier (descent) and, through gradient reversal, the
-            # generator (ascent on the online model's mixed CE).
-            loss_gen = _mix_ce(
-                head_q(classifier.forward_features(GradReverse.apply(x_mb)).pooled), y, pi, lam_mb, eps
-            )
-        else:
-            loss_gen = _mix_ce(head_q(classifier.forward_features(x_bb).pooled), y, sigma, lam_bb, eps)
+        # Paper, Eq. 14/15: the one generated set trains the classifier (descent) and, through gradient reversal,
+        # the generator (ascent on the online model's mixed CE). Released: the detached bb set.
+        x_gen = GradReverse.apply(x_mb) if paper and not hit else x_bb
+        loss_gen = _mix_ce(head_q(classifier.forward_features(x_gen).pooled), y, perms_c, lam_c, eps)
 
         # 4. Teacher judges the mb mixes: graph to the input only (teacher weights are frozen).
         z = head_k(teacher.forward_features(x_mb).pooled)
@@ -383,18 +453,22 @@ class AdAutoMix(_LearnedMixer):
 
         # 5. Generator objective.
         beta = self.adv_weight
-        if self.variant == "paper":  # θ maximises L_amce(W) − βL_k + (1−β)C: minimise βL_k − (1−β)C here
+        if paper:  # θ maximises L_amce(W) − βL_k + (1−β)C (Eq. 15): minimise βL_k − (1−β)C here
             adversarial = True
             loss_theta = beta * loss_k - (1 - beta) * cos
-        else:  # released: adversarial on even optimizer steps (the first step), cooperative on odd ones
+        else:  # released: adversarial on even optimizer steps (the first), cooperative on odd ones
             adversarial = step % 2 == 0
             loss_theta = -beta * loss_k + (1 - beta) * cos if adversarial else loss_k
 
         self._capture(x, pi, x_mb, lam_mb)
-        total = loss_gen + loss_re + loss_theta
+        # The classifier's loss (what a step "costs" the model; logged as the step loss) and the total that is
+        # back-propagated: (L_gen + L_re) + L_θ, the same sum in the same order as released.
+        loss_classifier = loss_gen + loss_re
+        total = loss_classifier + loss_theta
         d = (lambda t: t) if keep_graph else torch.Tensor.detach
         out = {
             "loss": total,
+            "loss_classifier": d(loss_classifier),
             "loss_one": d(loss_one),
             "loss_van": d(loss_van),
             "loss_gen": d(loss_gen),
@@ -491,9 +565,14 @@ class AutoMix(_LearnedMixer):
         )
 
         self._capture(x, pi, x_mb, lam_mb)
-        total = loss_mix + loss_one + loss_k + loss_mask
+        # The classifier's loss (logged as the step loss) and the generator's objective, kept apart; the total is
+        # the same sum in the same order as before: ((L_mix + L_one) + L_k) + L_mask.
+        loss_classifier = loss_mix + loss_one
+        total = loss_classifier + loss_k + loss_mask
         return {
             "loss": total,
+            "loss_classifier": loss_classifier.detach(),
+            "loss_theta": (loss_k + loss_mask).detach(),
             "loss_one": loss_one.detach(),
             "loss_gen": loss_mix.detach(),
             "loss_teacher": loss_k.detach(),
