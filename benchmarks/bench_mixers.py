@@ -33,8 +33,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hf_adautomix.arguments import MixupArguments  # noqa: E402
 from hf_adautomix.backbones import build_model, wrap_classifier  # noqa: E402
+from hf_adautomix.mixers import CLASSIC_MIXERS, PuzzleMix  # noqa: E402
 from hf_adautomix.mixers.base import NoMix  # noqa: E402
-from hf_adautomix.mixers.classic import CLASSIC_MIXERS, PuzzleMix, _import_gco  # noqa: E402
+from hf_adautomix.mixers.puzzlemix import _import_gco  # noqa: E402
 
 logger = logging.getLogger("bench_mixers")
 HERE = os.path.dirname(os.path.abspath(__file__))

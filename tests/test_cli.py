@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import FAMILIES, TINY_RESNET
 
-from hf_adautomix.mixers.classic import CLASSIC_MIXERS
+from hf_adautomix.mixers import CLASSIC_MIXERS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "run_image_classification.py"

@@ -1,4 +1,4 @@
-"""Tests of the classic mixers (hf_adautomix/mixers/classic.py), torchvision `TestCutMixMixUp` style: one class per
+"""Tests of the classic mixers (hf_adautomix/mixers/), torchvision `TestCutMixMixUp` style: one class per
 mixer, parametrised over variants. Label weights are checked against the pixels: x[i] is the constant image i + 1, so
 the fraction of sample i's own content in x̃[i] is read off the mixed pixels."""
 
@@ -13,10 +13,11 @@ import pytest
 import torch
 from torch import nn
 
+from hf_adautomix import mixers as C
 from hf_adautomix.arguments import MIXUP_CHOICES, MixupArguments
 from hf_adautomix.backbones import build_model, wrap_classifier
-from hf_adautomix.mixers import base
-from hf_adautomix.mixers import classic as C
+from hf_adautomix.mixers import base, puzzlemix, smoothmix
+from hf_adautomix.mixers import box as box_masks
 
 K = 12  # classes; y = arange(B) so sample i has class i
 
@@ -209,7 +210,7 @@ class TestCutMix(_InputMixerContract):
     @pytest.mark.parametrize("box", [(0, 5, 11, 16), (0, 16, 0, 16), (3, 3, 4, 9)])
     def test_box_clipped_at_border(self, box):
         # centre (1, 15) with an 8x8 cut on a 16x16 image is clipped to rows [0, 5), cols [11, 16)
-        assert C._clip_box(1, 15, 8, 8, 16, 16) == (0, 5, 11, 16)
+        assert box_masks._clip_box(1, 15, 8, 8, 16, 16) == (0, 5, 11, 16)
         mixer = self.make()
         x, y = const_batch(4)
         perm = torch.tensor([1, 2, 3, 0])
@@ -403,8 +404,8 @@ class TestSmoothMix(_MaskContract):
         """§11 B8: x̃ = (1 − G) ⊙ x + G ⊙ x[perm], so the weight of y is mean(1 − G), not mean(G) (OpenMixup)."""
         height, width = size
         # pin the geometry: centre of the image, σ = 0.25 · side
-        monkeypatch.setattr(C, "_randint", lambda lo, hi: hi // 2)
-        monkeypatch.setattr(C, "_uniform", lambda lo, hi: 0.25)
+        monkeypatch.setattr(smoothmix, "_randint", lambda lo, hi: hi // 2)
+        monkeypatch.setattr(smoothmix, "_uniform", lambda lo, hi: 0.25)
         rows = torch.arange(height, dtype=torch.float32).view(-1, 1) - (height - 1) / 2
         cols = torch.arange(width, dtype=torch.float32).view(1, -1) - (width - 1) / 2
         gauss = torch.exp(-(rows**2 / (2 * (0.25 * height) ** 2) + cols**2 / (2 * (0.25 * width) ** 2)))
@@ -542,7 +543,7 @@ class TestManifoldMix:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-SOLVERS = ["swap"] + (["gco"] if C._import_gco() is not None else [])
+SOLVERS = ["swap"] + (["gco"] if puzzlemix._import_gco() is not None else [])
 
 
 class TestPuzzleMix:
@@ -624,7 +625,7 @@ class TestPuzzleMix:
         def dense(mask, sal, eps):
             b, h, w = mask.shape
             n = h * w
-            cost = eps * C._transport_cost(h, w).unsqueeze(0) - sal.reshape(b, n, 1) * (
+            cost = eps * puzzlemix._transport_cost(h, w).unsqueeze(0) - sal.reshape(b, n, 1) * (
                 mask > 0
             ).float().reshape(b, 1, n)
             for _ in range(max(h, w)):
@@ -685,7 +686,7 @@ class TestPuzzleMix:
             assert C.grid_energy(got, unary, pairwise, cv, ch) == best
 
     def test_swap_solver_matches_gco(self):
-        gco = C._import_gco()
+        gco = puzzlemix._import_gco()
         rng = np.random.default_rng(1)
         for n, n_labels in [(2, 3), (4, 3), (8, 3), (8, 4), (16, 3)]:
             unary = rng.integers(0, 2000, size=(n, n, n_labels)).astype(np.int32)
@@ -697,7 +698,7 @@ class TestPuzzleMix:
             assert np.array_equal(ours, theirs)
 
     def test_explicit_gco_without_it_names_the_extra(self, monkeypatch):
-        monkeypatch.setattr(C, "_import_gco", lambda: None)
+        monkeypatch.setattr(puzzlemix, "_import_gco", lambda: None)
         with pytest.raises(ImportError, match=r"hf_adautomix\[puzzlemix\]"):
             self.make(graph_cut="gco")
         assert self.make(graph_cut="auto").graph_cut == "swap"
