@@ -226,6 +226,12 @@ def main(argv: list[str] | None = None) -> dict:
         transform_info=info,
     )
 
+    hub_dataset = data_args.dataset_name and not os.path.isdir(os.path.expanduser(data_args.dataset_name))
+    trainer.card_info = {
+        "dataset": image_data.source,
+        "dataset_id": data_args.dataset_name if hub_dataset else None,
+        "finetuned_from": model_args.model_name_or_path,
+    }
     wrapper = trainer.model
     logger.warning(
         "Process rank %s, device %s, world size %s, bf16 %s, fp16 %s | --mixup %s%s",
@@ -247,15 +253,14 @@ def main(argv: list[str] | None = None) -> dict:
     # ----- Export (native format, EMA weights when there is a teacher), before anything else can fail ---------
     trainer.save_model()  # -> trainer.export_model(output_dir)
 
-    # ----- Evaluation (online as eval_*, EMA teacher as eval_ema_*) and model card ------------------------------
+    # ----- Evaluation (online eval_*, EMA eval_ema_*, mix heads eval[_ema]_mix_head_*) and model card ------------------------------
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
-    card_kwargs = {"finetuned_from": model_args.model_name_or_path, "dataset": image_data.source}
     if training_args.push_to_hub:
-        trainer.push_to_hub(commit_message=f"hf_adautomix: --mixup {mixup_args.mixup}", **card_kwargs)
+        trainer.push_to_hub(commit_message=f"hf_adautomix: --mixup {mixup_args.mixup}")
     elif trainer.is_world_process_zero():
-        trainer.create_model_card(**card_kwargs)
+        trainer.create_model_card()
     trainer.end()
     return {**train_result.metrics, **metrics}
 

@@ -11,7 +11,9 @@ Everything above this layer (mixers, the `MixupModel` wrapper, the trainer) sees
 * `adapter.save_native(dir)` -> the model in its library's own format.
 
 Stages are numbered from 1 as in the papers (ResNet "layer3" is stage 3) and are found through each library's own
-metadata: timm's `feature_info`, transformers' `hidden_states` (index 0 is the stem, index k is stage k).
+metadata: timm's `feature_info`, transformers' `hidden_states` (index 0 is the stem, index k is stage k). Swin's
+stage k ends with its patch merging (the original layout, the released AdAutoMix's and transformers'), in timm too,
+where the merging opens stage k + 1 (`TimmSwinAdapter`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import copy
+import importlib
 import json
 import logging
 import os
@@ -193,12 +196,16 @@ class TimmAdapter(ClassifierAdapter):
             final, stage_map = self.model.forward_features(x), None
         else:
             self.check_stage(stage)
-            final, inter = self.model.forward_intermediates(
-                x, indices=[self._info_index[stage - 1]], norm=False, output_fmt="NCHW"
-            )
-            stage_map = _to_nchw(inter[0], self._info[stage - 1]["num_chs"])
+            final, stage_map = self._forward_tapped(x, stage)
         pooled = self.model.forward_head(final, pre_logits=True)
         return Features(pooled, self.head(pooled), stage_map)
+
+    def _forward_tapped(self, x: torch.Tensor, stage: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(final features, stage `stage`'s map in NCHW) from one forward."""
+        final, inter = self.model.forward_intermediates(
+            x, indices=[self._info_index[stage - 1]], norm=False, output_fmt="NCHW"
+        )
+        return final, _to_nchw(inter[0], self._info[stage - 1]["num_chs"])
 
     def save_native(
         self, save_directory: str, label_names: list[str] | None = None, data_config=None
@@ -213,6 +220,49 @@ class TimmAdapter(ClassifierAdapter):
             data_config=data_config,
             safe_serialization=True,
         )
+
+
+def _timm_swin_classes() -> tuple[type, ...]:
+    """timm's Swin families, whose stages *start* with the previous stage's patch merging."""
+    classes = []
+    for module, name in (
+        ("timm.models.swin_transformer", "SwinTransformer"),
+        ("timm.models.swin_transformer_v2", "SwinTransformerV2"),
+        ("timm.models.swin_transformer_v2_cr", "SwinTransformerV2Cr"),
+    ):
+        with contextlib.suppress(ImportError, AttributeError):
+            classes.append(getattr(importlib.import_module(module), name))
+    return tuple(classes)
+
+
+class TimmSwinAdapter(TimmAdapter):
+    """timm Swin (v1, v2, v2-cr). Stage k's map is taken *after* its patch merging, as in the original Swin
+    layout that the released AdAutoMix (mmcls Swin, `out_indices=(2, 3)`: stage 3 is 768 x 7 x 7 at 224 px) and
+    transformers' Swin use. timm moved each merging to the start of the next stage, so its `feature_info` entry
+    k is the map *before* merging; here stage k < last is the output of stage k + 1's `downsample` layer (channels
+    and stride of `feature_info[k]`), and the last stage is the last `feature_info` entry, as before."""
+
+    def _tap_name(self, stage: int) -> str:
+        if stage == self.num_stages:
+            return self._info[stage - 1]["module"]
+        return self._info[stage]["module"] + ".downsample"  # the next stage's patch merging
+
+    def stage_module(self, stage: int) -> nn.Module:
+        self.check_stage(stage)
+        return self.model.get_submodule(self._tap_name(stage))
+
+    def _forward_tapped(self, x: torch.Tensor, stage: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if stage == self.num_stages:
+            return super()._forward_tapped(x, stage)
+        # forward_intermediates only returns feature_info's (pre-merging) maps: read the merging layer's output
+        # with a hook on the same forward instead of running the merging twice.
+        captured = []
+        handle = self.stage_module(stage).register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            final = self.model.forward_features(x)
+        finally:
+            handle.remove()
+        return final, captured[-1].permute(0, 3, 1, 2)  # timm's PatchMerging is NHWC in and out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -333,6 +383,10 @@ class TransformersAdapter(ClassifierAdapter):
         self.model.save_pretrained(save_directory)
 
 
+def _timm_adapter(model: nn.Module) -> TimmAdapter:
+    return TimmSwinAdapter(model) if isinstance(model, _timm_swin_classes()) else TimmAdapter(model)
+
+
 def wrap_classifier(model: nn.Module) -> ClassifierAdapter:
     """The adapter for a user's model (an adapter is returned unchanged)."""
     if isinstance(model, ClassifierAdapter):
@@ -341,10 +395,10 @@ def wrap_classifier(model: nn.Module) -> ClassifierAdapter:
 
     if isinstance(model, PreTrainedModel):
         if model.config.model_type == "timm_wrapper":
-            return TimmAdapter(model.timm_model)
+            return _timm_adapter(model.timm_model)
         return TransformersAdapter(model)
     if hasattr(model, "pretrained_cfg") and hasattr(model, "forward_head"):
-        return TimmAdapter(model)
+        return _timm_adapter(model)
     raise TypeError(
         f"Unsupported model type {type(model).__name__}: pass a transformers *ForImageClassification model or a "
         "timm classifier (timm.create_model(...))."

@@ -1,10 +1,14 @@
-"""Model cards for exported models (template in `hf_adautomix/templates/model_card.md`)."""
+"""Model cards for exported models: `huggingface_hub`'s `ModelCard` / `ModelCardData` / `EvalResult`, rendered from
+the template `hf_adautomix/templates/model_card.md` (shipped in the package; examples in `model_cards/`)."""
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 import os
-from importlib import resources
+from importlib import metadata, resources
 
+import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 METHOD_TEXT = {
@@ -16,62 +20,76 @@ METHOD_TEXT = {
     "cooperatively with an EMA teacher and a mask-area loss.",
     "none": "No mixing (plain cross-entropy).",
 }
+# (metric key suffix, EvalResult metric_type, column title)
+METRICS = (
+    ("accuracy", "accuracy", "top-1"),
+    ("top5_accuracy", "top_5_accuracy", "top-5"),
+    ("nll", "nll", "NLL"),
+)
+METRICS += (("ece", "ece", "ECE"),)
+HEADS = (("online", "eval"), ("EMA teacher", "eval_ema"))
+CITATION_KEY = "qin2024adversarial"
 
 
 def write_model_card(
-    trainer, metrics: dict, *, dataset: str, finetuned_from: str | None = None, tags: list[str] | None = None
+    trainer,
+    metrics: dict,
+    *,
+    dataset: str,
+    dataset_id: str | None = None,
+    finetuned_from: str | None = None,
+    tags: list[str] | None = None,
+    license: str | None = None,
 ) -> str:
-    """Write `output_dir/README.md` describing the method, EMA schedule, exported weights and results."""
+    """Write `output_dir/README.md`: Hub metadata (library, pipeline, tags, datasets, base model, a model-index with
+    top-1, top-5, NLL and ECE of the online and EMA models), the method, the whole recipe, the environment, the
+    mixed-sample gallery and how to load the model. Returns the path.
+
+    Args:
+        trainer: the `AdAutoMixTrainer` that trained the model.
+        metrics: `eval_*` / `eval_ema_*` metrics.
+        dataset: a description of the data.
+        dataset_id: its Hub id, if it has one (goes to `datasets:` and the model-index).
+        finetuned_from: the pretrained checkpoint, if any (`base_model:`).
+        tags: extra tags.
+        license: an SPDX-like license id for the card's metadata.
+    """
     args, mix = trainer.args, trainer.mixup_args
     model = trainer.model
     adapter = model.export_adapter(mix.export_model)
     is_ema = adapter is model.teacher
-    name = os.path.basename(os.path.abspath(args.output_dir))
-    acc_key = "eval_ema_accuracy" if is_ema else "eval_accuracy"
-    eval_results = []
-    if acc_key in metrics:
-        eval_results.append(
-            EvalResult(
-                task_type="image-classification",
-                dataset_type=dataset,
-                dataset_name=dataset,
-                metric_type="accuracy",
-                metric_value=float(metrics[acc_key]),
-                dataset_split="validation",
-            )
+    name = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
+    dataset_name = dataset_id or dataset
+    eval_results = [
+        EvalResult(
+            task_type="image-classification",
+            dataset_type=dataset_id or "custom",
+            dataset_name=dataset_name,
+            dataset_split="validation",
+            metric_type=metric_type,
+            metric_name=f"{title} ({head})",
+            metric_value=float(metrics[f"{prefix}_{key}"]),
         )
+        for head, prefix in HEADS
+        for key, metric_type, title in METRICS
+        if f"{prefix}_{key}" in metrics
+    ]
     card_data = ModelCardData(
         library_name="transformers" if adapter.family == "transformers" else "timm",
         pipeline_tag="image-classification",
-        tags=sorted(set(tags or []) | {"hf_adautomix"}),
+        tags=sorted(set(tags or []) | {"hf_adautomix", "image-classification", mix.mixup, adapter.arch_name}),
+        datasets=[dataset_id] if dataset_id else None,
+        license=license,
         base_model=finetuned_from,
         model_name=name,
         eval_results=eval_results or None,
-        metrics=["accuracy"],
     )
     rows = []
-    for label, prefix in (("online", "eval"), ("EMA teacher", "eval_ema")):
+    mix_heads = (("online mix head", "eval_mix_head"), ("EMA mix head", "eval_ema_mix_head"))  # not exported
+    for head, prefix in HEADS + mix_heads:
         if f"{prefix}_accuracy" in metrics:
-            vals = [metrics.get(f"{prefix}_{k}") for k in ("accuracy", "top5_accuracy", "nll", "ece")]
-            rows.append(f"| {label} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in vals) + " |")
-    training = [
-        f"- steps: {trainer.state.global_step}, epochs: {round(trainer.state.epoch or 0, 2)}, "
-        f"batch size per device: {args.per_device_train_batch_size}, learning rate: {args.learning_rate} "
-        f"({getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)}), "
-        f"optimizer: {getattr(args.optim, 'value', args.optim)}, weight decay: {args.weight_decay}"
-    ]
-    if model.teacher is not None:
-        training.append(f"- EMA teacher: {model.ema_schedule.describe()}")
-    if mix.mixup == "adautomix":
-        training.append(
-            f"- AdAutoMix: variant {mix.adautomix_variant}, N = {mix.mix_num}"
-            f"{' (random in 2..N)' if mix.mix_num_random else ''}, α = {mix.mce_weight}, "
-            f"β = {mix.adv_weight}, feature stage {mix.mix_layer}"
-        )
-    if adapter.family == "transformers":
-        load = f'from transformers import pipeline\nclassifier = pipeline("image-classification", model="{name}")'
-    else:
-        load = f'import timm\nmodel = timm.create_model("local-dir:{name}", pretrained=True)'
+            vals = [metrics.get(f"{prefix}_{key}") for key, _, _ in METRICS]
+            rows.append(f"| {head} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in vals) + " |")
     template = resources.files("hf_adautomix").joinpath("templates/model_card.md").read_text()
     card = ModelCard.from_template(
         card_data,
@@ -80,15 +98,101 @@ def write_model_card(
         architecture=adapter.arch_name,
         family=adapter.family,
         method=mix.mixup,
-        dataset=dataset,
+        dataset=dataset_name,
+        split="validation",
         method_description=METHOD_TEXT.get(mix.mixup, f"Classic mixup-family method `{mix.mixup}`."),
         exported="The EMA teacher's weights (backbone and the model's own head)."
         if is_ema
         else "The online model's weights.",
         results_rows="\n".join(rows) or "| - | - | - | - | - |",
-        training="\n".join(training),
-        load_snippet=load,
+        training=_training_lines(trainer),
+        recipe_rows="\n".join(
+            f"| `--{f.name}` | {getattr(mix, f.name)} |" for f in dataclasses.fields(mix) if f.init
+        ),
+        environment=_environment(trainer),
+        gallery=_gallery(args.output_dir),
+        load_snippets=load_snippets(adapter, name),
     )
     path = os.path.join(args.output_dir, "README.md")
     card.save(path)
     return path
+
+
+def _training_lines(trainer) -> str:
+    args, state, model = trainer.args, trainer.state, trainer.model
+    enum = lambda v: getattr(v, "value", v)  # noqa: E731
+    total = args.per_device_train_batch_size * max(args.world_size, 1) * args.gradient_accumulation_steps
+    lines = [
+        f"- steps: {state.global_step}, epochs: {round(state.epoch or 0, 2)}, seed: {args.seed}",
+        f"- batch: {args.per_device_train_batch_size} per device × {max(args.world_size, 1)} process(es) × "
+        f"{args.gradient_accumulation_steps} accumulation = {total}",
+        f"- optimizer: {enum(args.optim)}{f' ({args.optim_args})' if args.optim_args else ''}, learning rate "
+        f"{args.learning_rate} ({enum(args.lr_scheduler_type)}, warm-up {args.warmup_steps}), weight decay "
+        f"{args.weight_decay}, gradient clipping {args.max_grad_norm or 'none'}, label smoothing "
+        f"{args.label_smoothing_factor}",
+        f"- precision: {'bf16' if args.bf16 else 'fp16' if args.fp16 else 'fp32'}",
+    ]
+    if model.teacher is not None:
+        lines.append(f"- EMA teacher: {model.ema_schedule.describe()}")
+    return "\n".join(lines)
+
+
+def _environment(trainer) -> str:
+    args = trainer.args
+    runtime = next(
+        (h["train_runtime"] for h in reversed(trainer.state.log_history) if "train_runtime" in h), None
+    )
+    device = str(args.device)
+    if args.device.type == "cuda":
+        device += f" ({torch.cuda.get_device_name(args.device)})"
+    versions = ", ".join(
+        f"{p} {_version(p)}" for p in ("hf_adautomix", "torch", "transformers", "timm", "datasets")
+    )
+    return (
+        f"- device: {device}, {max(args.world_size, 1)} process(es)"
+        + (f", training wall time {runtime:.0f} s" if runtime is not None else "")
+        + f"\n- {versions}"
+    )
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def _gallery(output_dir: str) -> str | None:
+    grids = sorted(glob.glob(os.path.join(output_dir, "mixed_samples", "*.png")))
+    return os.path.relpath(grids[-1], output_dir) if grids else None
+
+
+def load_snippets(adapter, name: str) -> str:
+    """How to load the export in each loader its library offers, as exactly as it must be typed."""
+    if adapter.family == "transformers":
+        custom = adapter.model.config.model_type == "cifar_resnet"
+        remote = ", trust_remote_code=True" if custom else ""
+        note = (
+            "The CIFAR ResNet's code travels with the checkpoint (`trust_remote_code=True`; with `import "
+            "hf_adautomix` it is not needed).\n\n"
+            if custom
+            else ""
+        )
+        return (
+            f"{note}```python\nfrom transformers import pipeline\n\n"
+            f'classifier = pipeline("image-classification", model="{name}"{remote})\n```\n\n'
+            "```python\nfrom transformers import AutoImageProcessor, AutoModelForImageClassification\n\n"
+            f'processor = AutoImageProcessor.from_pretrained("{name}")\n'
+            f'model = AutoModelForImageClassification.from_pretrained("{name}"{remote})\n```'
+        )
+    prefix = "hf-hub:" if "/" in name and not os.path.isdir(name) else "local-dir:"
+    cifar = adapter.arch_name.endswith("_cifar")
+    imports = (
+        "import hf_adautomix  # registers the CIFAR variant " + f"({adapter.arch_name})\n" if cifar else ""
+    )
+    return (
+        f"```python\n{imports}import timm\n\n"
+        f'model = timm.create_model("{prefix}{name}", pretrained=True).eval()\n'
+        "config = timm.data.resolve_data_config(model=model)\n"
+        "transform = timm.data.create_transform(**config)\n```"
+    )

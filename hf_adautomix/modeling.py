@@ -91,6 +91,7 @@ class MixupModel(nn.Module):
         self.total_steps = 1  # set by the trainer at train begin
         self.channels_last = False  # set by `to_channels_last()`
         self.eval_ema = False  # evaluate the teacher instead of the online classifier
+        self.eval_mix_head = False  # evaluate the learned mixer's mix head instead of the model's own head
         self.last_terms: dict[str, torch.Tensor] = {}
         if self.mixer.learned:
             self.mixer.attach(self.classifier, self.teacher)
@@ -127,10 +128,26 @@ class MixupModel(nn.Module):
             self.last_terms = {k: v.detach() for k, v in terms.items() if k != "loss"}
             return {"loss": terms["loss"]}
         model = self.teacher if self.eval_ema and self.teacher is not None else self.classifier
-        logits = model(pixel_values)
+        if self.eval_mix_head:
+            if not self.has_mix_head:
+                raise ValueError(
+                    f"eval_mix_head needs a learned mixer with its own mix head; the mixer "
+                    f"{type(self.mixer).__name__} has none (a classic mixer, or --share_mix_head)."
+                )
+            # The head the mixer trains on mixed images (h_mix_q / h_mix_k, §1), on the same pooled features.
+            head = self.mixer.head_k(model) if model is self.teacher else self.mixer.head_q(model)
+            logits = head(model.forward_features(pixel_values).pooled)
+        else:
+            logits = model(pixel_values)
         if labels is None:
             return {"logits": logits}
         return {"loss": cross_entropy(logits, labels), "logits": logits}
+
+    @property
+    def has_mix_head(self) -> bool:
+        """Whether the mixer trains a head of its own for mixed images (AutoMix/AdAutoMix without
+        --share_mix_head), which evaluation then reports next to the model's own head (§8, §12.6)."""
+        return getattr(self.mixer, "mix_head", None) is not None
 
     # -- EMA -------------------------------------------------------------------------------------------------
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:

@@ -258,6 +258,8 @@ class AdAutoMixTrainer(Trainer):
         )
         self._terms: dict[str, torch.Tensor] = {}
         self._terms_count = 0
+        # What the model card says about the data and the base model (`create_model_card` arguments win).
+        self.card_info: dict = {}
         self.add_callback(EMACallback())
         if mixup_args.max_nonfinite_steps < 0:
             raise ValueError(f"--max_nonfinite_steps must be >= 0, got {mixup_args.max_nonfinite_steps}.")
@@ -406,18 +408,29 @@ class AdAutoMixTrainer(Trainer):
 
     # -- evaluation ------------------------------------------------------------------------------------------
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
-        # Override: report the online model as eval_* and the EMA teacher as eval_ema_*. Evaluation leaves the
+        # Override: report the online model as eval_* and the EMA teacher as eval_ema_*; with a learned mixer's
+        # own mix head, also that head of each, as eval_mix_head_* and eval_ema_mix_head_* (the release's four
+        # heads one_q / one_k / mix_q / mix_k, reference §8). Model first, then head, so that every teacher metric
+        # starts with eval_ema_ and the unqualified names stay the exported (clean) head's. Evaluation leaves the
         # RNG as it found it (creating a DataLoader iterator draws from it), so the training draws after an
         # evaluation are those of a run resumed from a checkpoint saved before it.
+        model = self.model
+        runs = [(False, False, "")]
+        if model.teacher is not None:
+            runs.append((True, False, "_ema"))
+        if model.has_mix_head:
+            runs.append((False, True, "_mix_head"))
+            if model.teacher is not None:
+                runs.append((True, True, "_ema_mix_head"))
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        metrics = {}
         with torch.random.fork_rng(devices=devices):
-            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-            if self.model.teacher is not None:
-                self.model.eval_ema = True
+            for ema, mix_head, suffix in runs:
+                model.eval_ema, model.eval_mix_head = ema, mix_head
                 try:
-                    metrics.update(super().evaluate(eval_dataset, ignore_keys, f"{metric_key_prefix}_ema"))
+                    metrics.update(super().evaluate(eval_dataset, ignore_keys, metric_key_prefix + suffix))
                 finally:
-                    self.model.eval_ema = False
+                    model.eval_ema = model.eval_mix_head = False
         return metrics
 
     # -- saving ----------------------------------------------------------------------------------------------
@@ -428,6 +441,8 @@ class AdAutoMixTrainer(Trainer):
         with _hub_token_hidden(self.args):
             if os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir):
                 self.export_model(output_dir)
+                if self.is_world_process_zero():
+                    self.create_model_card()  # what save_model() users get too, not only push_to_hub()
             else:
                 super()._save(output_dir, state_dict)
 
@@ -495,14 +510,20 @@ class AdAutoMixTrainer(Trainer):
         self,
         *,
         dataset: str | None = None,
+        dataset_id: str | None = None,
         finetuned_from: str | None = None,
         tags: str | list[str] | None = None,
+        license: str | None = None,
         **_ignored,
     ) -> str:
-        """Override: our card (method, EMA schedule, exported weights, online + EMA metrics) instead of Trainer's,
-        also when `push_to_hub()` writes it. Metrics are the latest evaluation's in the log history."""
+        """Override: our card (`hub.write_model_card`) instead of Trainer's, also when `push_to_hub()` writes it.
+        Metrics are the latest evaluation's in the log history. Arguments not given fall back to
+        `self.card_info` (which `save_model()` uses too)."""
         from .hub import write_model_card
 
+        info = {**self.card_info}
+        given = dict(dataset=dataset, dataset_id=dataset_id, finetuned_from=finetuned_from, license=license)
+        info.update({k: v for k, v in given.items() if v is not None})
         metrics: dict = {}
         for entry in self.state.log_history:
             metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
@@ -510,9 +531,11 @@ class AdAutoMixTrainer(Trainer):
         return write_model_card(
             self,
             metrics=metrics,
-            dataset=dataset or "unknown",
-            finetuned_from=finetuned_from,
-            tags=tags + ["image-classification", "vision", self.mixup_args.mixup],
+            dataset=info.get("dataset") or "a user dataset",
+            dataset_id=info.get("dataset_id"),
+            finetuned_from=info.get("finetuned_from"),
+            license=info.get("license"),
+            tags=tags + ["vision"],
         )
 
     def export_model(self, output_dir: str | None = None, which: str | None = None) -> str:

@@ -169,3 +169,55 @@ def test_other_hf_families_with_stages_work():
     )
     feats = wrap_classifier(model).forward_features(torch.randn(2, 3, 64, 64), stage=3)
     assert feats.stage_map.ndim == 4 and feats.logits.shape == (2, 3)
+
+
+class TestSwinTap:
+    """reference §3: the released Swin-T taps stage 3 *after* its patch merging (768 x 7 x 7 at 224 px, 8·embed_dim
+    channels at stride 32), as transformers' Swin does; timm merges at the start of the next stage."""
+
+    EMBED, SIZE = 8, 224
+
+    def models(self):
+        import timm
+        from transformers import SwinConfig, SwinForImageClassification
+
+        torch.manual_seed(0)
+        kw = dict(embed_dim=self.EMBED, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=7)
+        hf = SwinForImageClassification(SwinConfig(image_size=self.SIZE, num_labels=4, **kw))
+        tm = timm.create_model("swin_tiny_patch4_window7_224", num_classes=4, **kw)
+        return wrap_classifier(hf).eval(), wrap_classifier(tm).eval()
+
+    def test_stage_maps_match_across_libraries(self):
+        hf, tm = self.models()
+        x = torch.randn(2, 3, self.SIZE, self.SIZE)
+        for stage in range(1, 5):
+            hf_map = hf.forward_features(x, stage=stage).stage_map
+            tm_map = tm.forward_features(x, stage=stage).stage_map
+            assert hf_map.shape == tm_map.shape, stage
+            assert tm.stage_channels(stage) == hf.stage_channels(stage) == hf_map.shape[1]
+        assert tm.forward_features(x, stage=3).stage_map.shape == (2, 8 * self.EMBED, 7, 7)
+
+    def test_timm_stage_3_is_the_merged_map(self):
+        _, tm = self.models()
+        x = torch.randn(2, 3, self.SIZE, self.SIZE)
+        feats = tm.forward_features(x, stage=3)
+        _, (pre_merge,) = tm.model.forward_intermediates(x, indices=[2], norm=False)  # timm's own stage 3
+        assert pre_merge.shape == (2, 4 * self.EMBED, 14, 14)
+        merged = tm.model.layers[3].downsample(pre_merge.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        torch.testing.assert_close(feats.stage_map, merged)
+        torch.testing.assert_close(feats.logits, tm.model(x))  # the tap does not change the forward
+        assert tm.stage_module(3) is tm.model.layers[3].downsample
+
+    def test_adautomix_generator_sees_the_merged_map(self):
+        from hf_adautomix.arguments import MixupArguments
+        from hf_adautomix.mixers import build_mixer
+
+        for adapter in self.models():
+            mixer = build_mixer(
+                MixupArguments(mixup="adautomix", mix_layer=3),
+                num_classes=4,
+                label_smoothing=0.0,
+                classifier=adapter,
+            )
+            first_conv = next(m for m in mixer.modules() if isinstance(m, nn.Conv2d))
+            assert first_conv.in_channels in (8 * self.EMBED, 8 * self.EMBED + 1)  # + the λ channel
