@@ -12,7 +12,8 @@ from torch.testing import assert_close
 
 from hf_adautomix.arguments import MixupArguments
 from hf_adautomix.mixers import AdaptiveMask, AdAutoMix, AutoMix, PixelMixBlock, build_mixer
-from hf_adautomix.mixers import automix as automix_module
+from hf_adautomix.mixers import adautomix as adautomix_module
+from hf_adautomix.mixers import generator as generator_module
 from hf_adautomix.modeling import MixupModel
 
 NUM_CLASSES = 4
@@ -299,7 +300,7 @@ class TestAdaptiveMask:
         monkeypatch.setattr(model.teacher, "forward_features", nan_stage)
         x, y = batch()
         torch.manual_seed(0)
-        with caplog.at_level(logging.WARNING, logger=automix_module.__name__):
+        with caplog.at_level(logging.WARNING, logger=generator_module.__name__):
             loss = model(x, y)["loss"]
         assert "NaN mask for 3 sample(s)" in caplog.text  # sample 0 sits in 3 mixes of each branch
         assert loss.isfinite()
@@ -367,7 +368,8 @@ class TestGradientIsolation:
         assert_close(out["loss_theta"], 0.3 * out["loss_teacher"] - 0.7 * out["cos_sim"])
         g_reversed = grads(out["loss_gen"], theta + q)
 
-        monkeypatch.setattr(automix_module.GradReverse, "apply", lambda t: t)  # the same forward, no reversal
+        # the same forward, no reversal
+        monkeypatch.setattr(adautomix_module.GradReverse, "apply", lambda t: t)
         plain = run(model, x, y, step=1, seed=2, keep_graph=True)
         assert_close(plain["loss_gen"], out["loss_gen"])
         g_plain = grads(plain["loss_gen"], theta + q)

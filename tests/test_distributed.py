@@ -282,7 +282,7 @@ def test_bf16_losses_track_fp32(tmp_path):
 
 
 def test_adaptive_mask_is_fp32_and_sums_to_one_under_autocast():
-    from hf_adautomix.mixers.automix import AdaptiveMask
+    from hf_adautomix.mixers.generator import AdaptiveMask
 
     torch.manual_seed(0)
     gen = AdaptiveMask(16)

@@ -3,7 +3,9 @@
 `MIXERS` below is the one place that lists the mixers (`CLASSIC_MIXERS` is derived from it):
 
 * `base`: `Mixer`, `NoMix`, `InputMixer`, `MaskMixer`, and the label/loss/sampling helpers they share;
-* `automix`: `AdAutoMix`, `AutoMix` (learned);
+* `adautomix`: `AdAutoMix` (learned), its generator `AdaptiveMask` in `generator`;
+* `automix`: `AutoMix` (learned) and its mix block `PixelMixBlock`;
+* `learned`: what the two learned mixers share (`_LearnedMixer`, the N-way mix and mixed CE);
 * `mixup`: `MixUp`, `ManifoldMix`;
 * `box`: `CutMix`, `SaliencyMix`, `ResizeMix`;
 * `fmix`: `FMix`; `gridmix`: `GridMix`; `smoothmix`: `SmoothMix`;
@@ -26,7 +28,8 @@ which `Trainer` also checkpoints) and nothing else: PuzzleMix's graph cut is det
 from __future__ import annotations
 
 from ._graphcut import alpha_beta_swap, grid_energy
-from .automix import AdaptiveMask, AdAutoMix, AutoMix, PixelMixBlock
+from .adautomix import AdAutoMix
+from .automix import AutoMix, PixelMixBlock
 from .base import (
     DEFAULT_ALPHA,
     InputMixer,
@@ -43,6 +46,7 @@ from .base import (
 )
 from .box import CutMix, ResizeMix, SaliencyMix
 from .fmix import FMix
+from .generator import AdaptiveMask
 from .gridmix import GridMix
 from .mixup import ManifoldMix, MixUp
 from .puzzlemix import PuzzleMix, mask_transport, transport_image
