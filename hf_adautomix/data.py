@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import torch
 from datasets.utils import tqdm as hf_tqdm
 from torchvision.transforms import v2
+from transformers.data.data_collator import default_data_collator
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ __all__ = [
     "make_image_processor",
     "fixed_input_size",
     "is_pretrained",
+    "pretrained_data_config",
     "pretrained_norm",
     "resolve_transform_info",
     "resolve_transforms",
@@ -71,6 +73,13 @@ FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl"
 ROW_COLUMN = "__row__"
 SMALL_IMAGE_MAX_SIDE = 64  # "auto" picks the CIFAR recipe at or below this size, the ImageNet one above
 EVAL_CROP_PCT = 0.875  # ImageNet eval: resize to size / 0.875, then centre-crop size
+# The resizes our tensor transforms share with transformers' torchvision image processors (its PIL NEAREST maps to
+# NEAREST_EXACT, PIL's own pixel-centre rule), so that the exported processor gives the same pixels.
+INTERPOLATIONS = {
+    "nearest": v2.InterpolationMode.NEAREST_EXACT,
+    "bilinear": v2.InterpolationMode.BILINEAR,
+    "bicubic": v2.InterpolationMode.BICUBIC,
+}
 MAX_LISTED = 10  # error messages list at most this many offending values, files or rows
 DEFAULT_CROP_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop default
 RAND_AUGMENT_LEVELS = 10  # magnitudes on timm's / mmcls' 0..10 scale ("rand-m7" = 7 of 10)
@@ -681,6 +690,8 @@ def _hold_out(
 
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     """Converts any PIL mode to RGB: transparency is composited on white, 16-bit and float grey is rescaled."""
+    # Ours, not `datasets.Image(mode="RGB")` (PIL's convert): that drops alpha (transparent pixels keep their hidden
+    # colour, often black) and clips 16-bit grey at 255, so most 16-bit images come out white (checked, datasets 5.2).
     if image.mode == "RGB":
         return image
     if image.mode.startswith("I") or image.mode == "F":
@@ -702,6 +713,8 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
 
 def decode_image(value: Any, row: int | None = None) -> PIL.Image.Image:
     """Decodes one stored image (an `Image(decode=False)` dict, a path or a PIL image) to RGB.
+
+    Ours rather than `datasets.Image` decoding, whose errors name neither the file nor the row (see `to_rgb`).
 
     Args:
         value: `{"bytes": ..., "path": ...}`, a file path, or a PIL image.
@@ -907,6 +920,10 @@ class TransformInfo:
         std: per-channel normalisation std, in [0, 1] units.
         crop_scale: area range of the "imagenet" recipe's RandomResizedCrop (unused by the other recipes).
         rand_augment: `(num_ops, magnitude)` of the training RandAugment (magnitude of 0..10), or None.
+        crop_pct: the eval geometry: a float resizes the short side to `int(size / crop_pct)` and centre-crops
+            size (timm's and ConvNeXt's `crop_pct`); None resizes to size x size; "recipe" is the recipe's own
+            (0.875 for "imagenet", else None).
+        interpolation: "bilinear", "bicubic" or "nearest", for the resizes of both transforms.
     """
 
     recipe: Recipe
@@ -915,6 +932,13 @@ class TransformInfo:
     std: tuple[float, float, float]
     crop_scale: tuple[float, float] = DEFAULT_CROP_SCALE
     rand_augment: tuple[int, int] | None = None
+    crop_pct: float | None | Literal["recipe"] = "recipe"
+    interpolation: str = "bilinear"
+
+    @property
+    def eval_crop_pct(self) -> float | None:
+        """`crop_pct` with "recipe" resolved."""
+        return _recipe_crop_pct(self.recipe) if self.crop_pct == "recipe" else self.crop_pct
 
 
 def compute_mean_std(
@@ -954,6 +978,10 @@ def resolve_transform_info(
     image_mean: tuple[float, ...] | None = None,
     image_std: tuple[float, ...] | None = None,
     seed: int = 0,
+    *,
+    crop_pct: float | None | Literal["recipe"] = "recipe",
+    interpolation: str = "bilinear",
+    recipe: Recipe | None = None,
 ) -> TransformInfo:
     """Decides the recipe, size and normalisation of the transforms.
 
@@ -973,7 +1001,14 @@ def resolve_transform_info(
         image_mean: normalisation mean to use instead of the recipe's.
         image_std: normalisation std to use instead of the recipe's.
         seed: seed of the image sample for the dataset mean/std.
+        crop_pct: the eval crop (see `TransformInfo`) to use instead of the recipe's.
+        interpolation: the resize interpolation, one of "nearest", "bilinear", "bicubic".
+        recipe: the recipe "auto" stands for, instead of deciding it from the image size.
     """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(
+            f"Expected interpolation to be one of {sorted(INTERPOLATIONS)}, got {interpolation!r}."
+        )
     if (image_mean is None) != (image_std is None):
         raise ValueError("Give both image_mean and image_std, or neither.")
     for name, value in (("image_mean", image_mean), ("image_std", image_std)):
@@ -983,9 +1018,8 @@ def resolve_transform_info(
         image_data.image_column, datasets.Image(decode=False)
     )[0]
     max_side = max(decode_image(first[image_data.image_column], first.get(ROW_COLUMN)).size)
-    recipe = data_args.transform_recipe
-    if recipe == "auto":
-        recipe = "cifar" if max_side <= SMALL_IMAGE_MAX_SIDE else "imagenet"
+    auto = recipe or ("cifar" if max_side <= SMALL_IMAGE_MAX_SIDE else "imagenet")
+    recipe = auto if data_args.transform_recipe == "auto" else data_args.transform_recipe
     size = data_args.image_size or image_size or (224 if recipe == "imagenet" else max_side)
     if image_mean is not None:
         mean, std = tuple(map(float, image_mean)), tuple(map(float, image_std))
@@ -1020,6 +1054,8 @@ def resolve_transform_info(
         std=std,
         crop_scale=crop_scale,
         rand_augment=rand_augment,
+        crop_pct=crop_pct,
+        interpolation=interpolation,
     )
     logger.info("Transforms: %s", info)
     return info
@@ -1059,24 +1095,161 @@ def fixed_input_size(model) -> int | None:
     return int(height)
 
 
-def pretrained_norm(model) -> tuple[tuple[float, ...], tuple[float, ...]] | tuple[None, None]:
-    """The normalisation a pretrained model was trained with: timm's `pretrained_cfg` mean/std, or the image
-    processor saved with a transformers checkpoint; `(None, None)` when there is none."""
+def pretrained_data_config(model) -> dict[str, Any] | None:
+    """The eval preprocessing a pretrained model was trained with, as its own library records it.
+
+    timm: `timm.data.resolve_data_config(model=...)` over its `pretrained_cfg`. transformers: the image processor
+    saved with the checkpoint (`AutoImageProcessor.from_pretrained(model.name_or_path)`); None when there is none.
+
+    Returns:
+        `{"size", "crop_pct", "interpolation", "mean", "std"}` in `TransformInfo`'s terms (crop_pct None: resize to
+        size x size), or None.
+    """
     adapter = _adapter(model)
     if adapter is None:
-        return None, None
+        return None
+    name = type(adapter.model).__name__
     if adapter.family == "timm":
-        cfg = adapter.model.pretrained_cfg
-        if cfg.get("mean") and cfg.get("std"):
-            return tuple(cfg["mean"]), tuple(cfg["std"])
-        return None, None
-    try:  # the image processor saved with a transformers checkpoint, if it is there
+        from timm.data import resolve_data_config
+
+        return _from_timm_config(resolve_data_config(model=adapter.model), name)
+    path = getattr(adapter.model, "name_or_path", "")
+    if not path:
+        return None
+    try:
         from transformers import AutoImageProcessor
 
-        processor = AutoImageProcessor.from_pretrained(adapter.model.name_or_path)
-        return tuple(processor.image_mean), tuple(processor.image_std)
-    except (OSError, ValueError, AttributeError, TypeError):
-        return None, None
+        processor = AutoImageProcessor.from_pretrained(path)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        logger.info(
+            "No image processor with %s (%s); the transform recipe decides the preprocessing.", path, err
+        )
+        return None
+    if isinstance(getattr(processor, "data_config", None), dict):  # TimmWrapperImageProcessor: a timm config
+        return _from_timm_config(processor.data_config, name)
+    return _from_image_processor(processor, name)
+
+
+def _from_timm_config(cfg: dict, name: str) -> dict[str, Any]:
+    """`TransformInfo` terms of a timm data config (`input_size`, `crop_pct`, `crop_mode`, `interpolation`, ...)."""
+    height, width = cfg["input_size"][-2:]
+    if height != width:
+        logger.warning(
+            "%s was trained on %dx%d images; hf_adautomix's transforms are square: using %d.",
+            name,
+            height,
+            width,
+            height,
+        )
+    crop_pct, mode = cfg.get("crop_pct") or 1.0, cfg.get("crop_mode", "center")
+    if mode == "squash" and crop_pct == 1.0:
+        crop_pct = None  # timm resizes to size x size
+    elif mode != "center":
+        logger.warning(
+            "%s's crop_mode %r is approximated by a centre crop (crop_pct %s).", name, mode, crop_pct
+        )
+    return {
+        "size": int(height),
+        "crop_pct": crop_pct,
+        "interpolation": _interpolation(cfg.get("interpolation", "bilinear"), name),
+        "mean": tuple(float(m) for m in cfg["mean"]),
+        "std": tuple(float(v) for v in cfg["std"]),
+    }
+
+
+def _from_image_processor(processor, name: str) -> dict[str, Any] | None:
+    """`TransformInfo` terms of a transformers image processor: ConvNeXt's `crop_pct`, a short-side resize plus
+    centre crop (ResNet, BiT, CLIP, ...), or a resize to height x width (ViT, Swin, ...); None for anything else."""
+    size, crop = processor.size or {}, getattr(processor, "crop_size", None) or {}
+    short = size["shortest_edge"] if "shortest_edge" in size else None
+    square = size["height"] if "height" in size and size["height"] == size["width"] else None
+    do_crop = (
+        getattr(processor, "do_center_crop", False) and "height" in crop and crop["height"] == crop["width"]
+    )
+    if getattr(processor, "crop_pct", None) is not None and short is not None:
+        # ConvNextImageProcessor: below 384 resize to short / crop_pct and crop short; from 384 on, warp.
+        out = {"size": short, "crop_pct": processor.crop_pct if short < 384 else None}
+    elif do_crop and (short is not None or square is not None):
+        out = {"size": crop["height"], "crop_pct": crop["height"] / (short or square)}
+        if short is None:
+            logger.warning(
+                "%s's image processor warps to %dx%d before its crop; using a short-side resize.",
+                name,
+                square,
+                square,
+            )
+    elif square is not None and not getattr(processor, "do_center_crop", False):
+        out = {"size": square, "crop_pct": None}
+    else:
+        logger.warning(
+            "%s's image processor (%s, size %s) is not one hf_adautomix can reproduce; the transform "
+            "recipe decides the preprocessing.",
+            name,
+            type(processor).__name__,
+            dict(size),
+        )
+        return None
+    resample = getattr(processor, "resample", None)
+    if getattr(processor, "do_normalize", True):
+        mean = (
+            processor.image_mean
+            if isinstance(processor.image_mean, (list, tuple))
+            else [processor.image_mean] * 3
+        )
+        std = (
+            processor.image_std
+            if isinstance(processor.image_std, (list, tuple))
+            else [processor.image_std] * 3
+        )
+    else:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    return {
+        **out,
+        "size": int(out["size"]),
+        "interpolation": _interpolation(_resample_name(resample), name),
+        "mean": tuple(float(m) for m in mean),
+        "std": tuple(float(v) for v in std),
+    }
+
+
+def _resample_name(resample) -> str:
+    """ "bicubic" for `PILImageResampling.BICUBIC`, its int 3 (as a saved processor reloads it) or
+    `InterpolationMode.BICUBIC`."""
+    from transformers.image_utils import PILImageResampling
+
+    if resample is None:
+        return "bilinear"
+    if isinstance(resample, int):  # PILImageResampling is an IntEnum
+        return PILImageResampling(resample).name
+    return str(getattr(resample, "value", resample))
+
+
+def _interpolation(name: str, model: str) -> str:
+    """A resize interpolation the tensor transforms (and the exported image processor) share."""
+    name = str(name).lower()
+    if name not in INTERPOLATIONS:
+        logger.warning(
+            "%s's interpolation %r is not one of %s; using 'bicubic'.", model, name, sorted(INTERPOLATIONS)
+        )
+        return "bicubic"
+    return name
+
+
+def _recipe_crop_pct(recipe: str) -> float | None:
+    return EVAL_CROP_PCT if recipe == "imagenet" else None
+
+
+def _resize_side(size: int, crop_pct: float) -> int:
+    """The short side the eval transform resizes to before its centre crop (timm's `floor(size / crop_pct)`); the
+    epsilon keeps a crop_pct derived from integer sizes (e.g. 224 / 232) from rounding one pixel down."""
+    return int(size / crop_pct + 1e-6)
+
+
+def pretrained_norm(model) -> tuple[tuple[float, ...], tuple[float, ...]] | tuple[None, None]:
+    """The normalisation a pretrained model was trained with (`pretrained_data_config`); `(None, None)` when there
+    is none."""
+    config = pretrained_data_config(model)
+    return (config["mean"], config["std"]) if config else (None, None)
 
 
 def is_pretrained(model) -> bool:
@@ -1092,6 +1265,18 @@ def is_pretrained(model) -> bool:
     if adapter.family == "timm":
         return adapter.model.pretrained_cfg.get("source") in ("hf-hub", "local-dir")
     return bool(getattr(adapter.model, "name_or_path", ""))
+
+
+def _has_cifar_stem(model) -> bool:
+    """Whether `model` is one of our `--cifar_stem` variants (timm `<arch>_cifar`, transformers `cifar_resnet`)."""
+    from .backbones import wrap_classifier
+
+    try:
+        adapter = wrap_classifier(model.classifier if hasattr(model, "mixer") else model)  # MixupModel
+    except (TypeError, ValueError):
+        return False
+    config = getattr(adapter.model, "config", None)
+    return adapter.arch_name.endswith("_cifar") or getattr(config, "model_type", None) == "cifar_resnet"
 
 
 def resolve_transforms(
@@ -1112,6 +1297,11 @@ def resolve_transforms(
     - Normalisation: a pretrained model's own mean/std (`pretrained_norm`), else the recipe's.
     - Crop scale and RandAugment: `data_args.random_resized_crop_scale`, `data_args.rand_augment_*`.
 
+    A pretrained model with a recorded preprocessing (`pretrained_data_config`: timm's `pretrained_cfg`, or the
+    image processor saved with a transformers checkpoint) sets the size (unless `data_args.image_size` is given),
+    interpolation, eval crop and mean/std instead, and "auto" means the "imagenet" recipe: the model is evaluated
+    as it was pretrained.
+
     Args:
         image_data: the loaded splits (before `apply_transforms`).
         data_args: the data arguments.
@@ -1124,15 +1314,33 @@ def resolve_transforms(
     """
     if pretrained is None:
         pretrained = is_pretrained(model)
-    mean, std = pretrained_norm(model) if pretrained else (None, None)
-    info = resolve_transform_info(
-        image_data,
-        data_args,
-        image_size=fixed_input_size(model),
-        image_mean=mean,
-        image_std=std,
-        seed=seed,
-    )
+    config = pretrained_data_config(model) if pretrained else None
+    size = fixed_input_size(model)
+    if config is not None and _has_cifar_stem(model):
+        # A pretrained model given a CIFAR stem (--cifar_stem) is made for the data's small images: keep its
+        # normalisation only, not its pretraining size and eval crop.
+        info = resolve_transform_info(
+            image_data,
+            data_args,
+            image_size=size,
+            image_mean=config["mean"],
+            image_std=config["std"],
+            seed=seed,
+        )
+    elif config is None:
+        info = resolve_transform_info(image_data, data_args, image_size=size, seed=seed)
+    else:
+        info = resolve_transform_info(
+            image_data,
+            data_args,
+            image_size=size or config["size"],
+            image_mean=config["mean"],
+            image_std=config["std"],
+            seed=seed,
+            crop_pct=config["crop_pct"],
+            interpolation=config["interpolation"],
+            recipe="imagenet",
+        )
     train_tf, eval_tf = build_transforms(
         info.recipe,
         info.size,
@@ -1140,6 +1348,8 @@ def resolve_transforms(
         info.std,
         crop_scale=info.crop_scale,
         rand_augment=info.rand_augment,
+        crop_pct=info.crop_pct,
+        interpolation=info.interpolation,
     )
     return train_tf, eval_tf, info
 
@@ -1165,6 +1375,8 @@ def build_transforms(
     *,
     crop_scale: tuple[float, float] = DEFAULT_CROP_SCALE,
     rand_augment: tuple[int, int] | None = None,
+    crop_pct: float | None | Literal["recipe"] = "recipe",
+    interpolation: str = "bilinear",
 ) -> tuple[v2.Compose, v2.Compose]:
     """Train and eval transforms from an RGB PIL image to a normalised float tensor (3, size, size).
 
@@ -1173,6 +1385,14 @@ def build_transforms(
     - "imagenet": train = `RandomResizedCrop(size, scale=crop_scale)`, horizontal flip; eval = resize the short
       side to `int(size / 0.875)`, centre-crop size.
     - "none": resize to size x size if needed, for both.
+
+    `crop_pct` replaces the recipe's eval geometry (a float: resize the short side to `int(size / crop_pct)`,
+    centre-crop size; None: resize to size x size), and `interpolation` every resize's, as a pretrained model's
+    config asks (`resolve_transforms`).
+
+    We build these rather than take timm's `create_transform`: it resizes PIL images and rounds the crop offset to
+    nearest, so no transformers image processor would reproduce its pixels (`make_image_processor`), and its
+    RandAugment draws from Python's `random`, which `_BatchTransform`'s per-row seeding does not reach.
 
     `rand_augment=(num_ops, magnitude)` appends torchvision v2's `RandAugment` to the "cifar" and "imagenet"
     train transforms, the magnitude on timm's 0..10 scale (11 bins), filling with the mean colour as timm does.
@@ -1190,16 +1410,26 @@ def build_transforms(
     lo, hi = crop_scale
     if not 0.0 < lo <= hi <= 1.0:
         raise ValueError(f"Expected crop_scale (lo, hi) with 0 < lo <= hi <= 1, got {crop_scale!r}.")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(
+            f"Expected interpolation to be one of {sorted(INTERPOLATIONS)}, got {interpolation!r}."
+        )
+    mode = INTERPOLATIONS[interpolation]
+    crop_pct = _recipe_crop_pct(recipe) if crop_pct == "recipe" else crop_pct
+    if crop_pct is not None and not 0.0 < crop_pct <= 1.0:
+        raise ValueError(f"Expected crop_pct in (0, 1] or None, got {crop_pct!r}.")
     finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
-    square = v2.Resize((size, size))  # a no-op on images already size x size
+    square = v2.Resize((size, size), interpolation=mode)  # a no-op on images already size x size
+    if crop_pct is None:
+        evaluation = [square]
+    else:
+        evaluation = [v2.Resize(_resize_side(size, crop_pct), interpolation=mode), _CenterCrop(size)]
     if recipe == "cifar":
         train = [square, v2.RandomCrop(size, padding=4, padding_mode="reflect"), v2.RandomHorizontalFlip()]
-        evaluation = [square]
     elif recipe == "imagenet":
-        train = [v2.RandomResizedCrop(size, scale=(lo, hi)), v2.RandomHorizontalFlip()]
-        evaluation = [v2.Resize(int(size / EVAL_CROP_PCT)), _CenterCrop(size)]
+        train = [v2.RandomResizedCrop(size, scale=(lo, hi), interpolation=mode), v2.RandomHorizontalFlip()]
     else:
-        train = evaluation = [square]
+        train = [square]
     if rand_augment is not None and recipe != "none":
         num_ops, magnitude = rand_augment
         if num_ops < 0 or not 0 <= magnitude <= RAND_AUGMENT_LEVELS:
@@ -1316,10 +1546,9 @@ def collate_fn(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     Raises:
         ValueError: when a label is not an integer class id (e.g. a class name).
     """
-    return {
-        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
-        "labels": torch.tensor([_class_id(e["labels"]) for e in examples], dtype=torch.long),
-    }
+    # Labels checked here: `default_data_collator` silently drops string labels and makes float ones soft targets.
+    rows = [{"pixel_values": e["pixel_values"], "labels": _class_id(e["labels"])} for e in examples]
+    return default_data_collator(rows, return_tensors="pt")
 
 
 def _class_id(label: Any) -> int:
@@ -1338,34 +1567,28 @@ def _class_id(label: Any) -> int:
 def make_image_processor(info: TransformInfo):
     """A transformers image processor that reproduces the eval transform, for `pipeline("image-classification")`.
 
-    - "cifar" / "none": `ViTImageProcessor` resizing to size x size (bilinear).
-    - "imagenet": `ConvNextImageProcessor(size={"shortest_edge": size}, crop_pct=0.875)`, which for sizes
-      below 384 resizes the short side to `int(size / 0.875)` and centre-crops size; for 384 and above it
-      would warp to size x size instead, so there a `ViTImageProcessor` with short-side resize and centre
-      crop is used.
+    A `ViTImageProcessor` (torchvision backend, the arithmetic of our transforms): resize to size x size when the
+    eval transform has no crop ("cifar", "none"); else resize the short side to `int(size / crop_pct)` and
+    centre-crop size. The resample follows `info.interpolation`.
     """
-    from transformers import ConvNextImageProcessor, ViTImageProcessor
+    from transformers import ViTImageProcessor
     from transformers.image_utils import PILImageResampling
 
+    if info.recipe not in ("cifar", "imagenet", "none"):
+        raise ValueError(f"Expected recipe 'cifar', 'imagenet' or 'none', got {info.recipe!r}.")
     common = {
-        "resample": PILImageResampling.BILINEAR,  # torchvision's Resize default
+        "resample": PILImageResampling[info.interpolation.upper()],
         "do_rescale": True,
         "do_normalize": True,
         "image_mean": list(info.mean),
         "image_std": list(info.std),
     }
-    size = info.size
-    if info.recipe in ("cifar", "none"):
+    size, crop_pct = info.size, info.eval_crop_pct
+    if crop_pct is None:
         return ViTImageProcessor(do_resize=True, size={"height": size, "width": size}, **common)
-    if info.recipe != "imagenet":
-        raise ValueError(f"Expected recipe 'cifar', 'imagenet' or 'none', got {info.recipe!r}.")
-    if size < 384:
-        return ConvNextImageProcessor(
-            do_resize=True, size={"shortest_edge": size}, crop_pct=EVAL_CROP_PCT, **common
-        )
     return ViTImageProcessor(
         do_resize=True,
-        size={"shortest_edge": int(size / EVAL_CROP_PCT)},
+        size={"shortest_edge": _resize_side(size, crop_pct)},
         do_center_crop=True,
         crop_size={"height": size, "width": size},
         **common,

@@ -593,18 +593,140 @@ class TestImageProcessor:
             ("cifar", 32, (32, 32)),
             ("cifar", 32, (40, 30)),
             ("none", 24, (30, 20)),
-            ("imagenet", 64, (100, 80)),  # ConvNextImageProcessor, odd crop offset
+            ("imagenet", 64, (100, 80)),  # odd crop offset
             ("imagenet", 384, (500, 423)),  # >= 384: short-side resize + centre crop
         ],
     )
     def test_matches_eval_transform(self, recipe, size, image_size, tmp_path):
-        from transformers import AutoImageProcessor
-
         info = TransformInfo(recipe, size, IMAGENET_MEAN, IMAGENET_STD)
         _, eval_tf = build_transforms(info.recipe, info.size, info.mean, info.std)
+        self.check(info, eval_tf, image_size, tmp_path)
+
+    @pytest.mark.parametrize(
+        "recipe, size, crop_pct, interpolation",
+        [
+            ("imagenet", 64, 0.95, "bicubic"),  # a timm pretrained_cfg's
+            ("imagenet", 224, 224 / 232, "bicubic"),  # crop 224 of a 232 short side
+            ("cifar", 64, 0.9, "bilinear"),  # a pretrained model's crop under the cifar recipe
+            ("imagenet", 64, None, "bicubic"),  # ViT-style: resize to size x size
+            ("none", 64, None, "nearest"),
+        ],
+    )
+    def test_matches_a_pretrained_eval(self, recipe, size, crop_pct, interpolation, tmp_path):
+        info = TransformInfo(
+            recipe, size, (0.5, 0.4, 0.3), (0.2, 0.3, 0.4), crop_pct=crop_pct, interpolation=interpolation
+        )
+        _, eval_tf = build_transforms(
+            info.recipe, info.size, info.mean, info.std, crop_pct=info.crop_pct, interpolation=interpolation
+        )
+        self.check(info, eval_tf, (301, 263), tmp_path)
+        if crop_pct == 224 / 232:
+            assert eval_tf.transforms[1].size == [232]  # not 231
+
+    @staticmethod
+    def check(info, eval_tf, image_size, tmp_path):
+        from transformers import AutoImageProcessor
+
         make_image_processor(info).save_pretrained(tmp_path)
         processor = AutoImageProcessor.from_pretrained(tmp_path)
         img = image(image_size)
         out = processor(img, return_tensors="pt")["pixel_values"][0]
-        assert out.shape == (3, size, size)
+        assert out.shape == (3, info.size, info.size)
         assert torch.allclose(out, eval_tf(img), atol=1e-2)
+
+
+class TestPretrainedPreprocessing:
+    """A pretrained model is evaluated as it was pretrained: its own library's preprocessing config decides."""
+
+    @staticmethod
+    def data():
+        from hf_adautomix.data import ImageData
+
+        train = image_dataset(4, size=(40, 30))
+        return ImageData(train, train, "image", "label", ["c0", "c1"], "test")
+
+    def test_timm_pretrained_cfg(self):
+        import timm
+        from timm.data import create_transform, resolve_data_config
+
+        from hf_adautomix.data import resolve_transforms
+
+        model = timm.create_model("resnet18", num_classes=2)
+        model.pretrained_cfg = {
+            **model.pretrained_cfg,
+            "input_size": (3, 48, 48),
+            "crop_pct": 0.8,
+            "interpolation": "bilinear",
+            "mean": (0.5, 0.4, 0.3),
+            "std": (0.25, 0.2, 0.3),
+        }
+        _, eval_tf, info = resolve_transforms(self.data(), DataTrainingArguments(), model, pretrained=True)
+        assert (info.recipe, info.size, info.crop_pct, info.interpolation) == (
+            "imagenet",
+            48,
+            0.8,
+            "bilinear",
+        )
+        assert (info.mean, info.std) == ((0.5, 0.4, 0.3), (0.25, 0.2, 0.3))
+        img = image((101, 83))
+        theirs = create_transform(**resolve_data_config(model=model))(img)  # timm resizes a PIL image
+        assert eval_tf(img).shape == theirs.shape == (3, 48, 48)
+        assert (eval_tf(img) - theirs).abs().mean() < 0.02
+        # Not pretrained: the recipe's preprocessing, not the checkpoint's.
+        _, _, info = resolve_transforms(self.data(), DataTrainingArguments(), model, pretrained=False)
+        assert (info.recipe, info.size, info.crop_pct, info.interpolation) == (
+            "cifar",
+            40,
+            "recipe",
+            "bilinear",
+        )
+        # The user's image size still wins; the rest follows the model.
+        _, _, info = resolve_transforms(
+            self.data(), DataTrainingArguments(image_size=32), model, pretrained=True
+        )
+        assert (info.size, info.crop_pct, info.mean) == (32, 0.8, (0.5, 0.4, 0.3))
+
+    @pytest.mark.parametrize(
+        "processor_kwargs, expected",
+        [
+            (dict(size={"shortest_edge": 48}, crop_pct=0.8, resample=3), (48, 0.8, "bicubic")),
+            (dict(size={"height": 40, "width": 40}, resample=2), (40, None, "bilinear")),
+        ],
+    )
+    def test_transformers_saved_image_processor(self, processor_kwargs, expected, tmp_path):
+        from conftest import make_model
+        from transformers import (
+            AutoImageProcessor,
+            AutoModelForImageClassification,
+            ConvNextImageProcessor,
+            ViTImageProcessor,
+        )
+
+        from hf_adautomix.data import resolve_transforms
+
+        make_model("hf_convnext", num_labels=2)[0].save_pretrained(tmp_path)
+        kind = ConvNextImageProcessor if "crop_pct" in processor_kwargs else ViTImageProcessor
+        kind(image_mean=[0.5, 0.4, 0.3], image_std=[0.25, 0.2, 0.3], **processor_kwargs).save_pretrained(
+            tmp_path
+        )
+        model = AutoModelForImageClassification.from_pretrained(tmp_path)
+        _, eval_tf, info = resolve_transforms(self.data(), DataTrainingArguments(), model)
+        assert (info.recipe, info.size, info.crop_pct, info.interpolation) == ("imagenet", *expected)
+        assert (info.mean, info.std) == ((0.5, 0.4, 0.3), (0.25, 0.2, 0.3))
+        img = image((101, 83))
+        theirs = AutoImageProcessor.from_pretrained(tmp_path)(img, return_tensors="pt")["pixel_values"][0]
+        assert torch.allclose(eval_tf(img), theirs, atol=1e-2)
+        # The exported processor gives the same pixels.
+        exported = make_image_processor(info)(img, return_tensors="pt")["pixel_values"][0]
+        assert torch.allclose(exported, theirs, atol=1e-2)
+
+    def test_transformers_without_saved_processor_uses_the_recipe(self, tmp_path):
+        from conftest import make_model
+        from transformers import AutoModelForImageClassification
+
+        from hf_adautomix.data import resolve_transforms
+
+        make_model("hf_convnext", num_labels=2)[0].save_pretrained(tmp_path)
+        model = AutoModelForImageClassification.from_pretrained(tmp_path)
+        _, _, info = resolve_transforms(self.data(), DataTrainingArguments(), model)
+        assert (info.recipe, info.size, info.crop_pct) == ("cifar", 40, "recipe")

@@ -180,3 +180,36 @@ class TestStreamingDataset:
                 mixup_args=MixupArguments(mixup="none"),
                 **kwargs,
             )
+
+
+def test_a_pretrained_cifar_stem_model_keeps_the_data_size(monkeypatch):
+    """A pretrained model given a CIFAR stem trains and evaluates at the data's 32 px, with its own mean/std."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    from hf_adautomix import data as data_lib
+    from hf_adautomix.backbones import build_model
+
+    model = build_model(
+        num_labels=2,
+        id2label={0: "a", 1: "b"},
+        timm_model="resnet18",
+        cifar_stem=True,
+        config_overrides="layers=[1,1,1,1]",
+    )
+    model.pretrained_cfg = {
+        **model.pretrained_cfg,
+        "input_size": (3, 224, 224),
+        "mean": (0.1, 0.2, 0.3),
+        "std": (0.4, 0.5, 0.6),
+        "crop_pct": 0.875,
+    }
+    images = [Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)) for i in range(4)]
+    ds = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 0, 1]})
+    image_data = data_lib.ImageData(ds, ds, "image", "label", ["a", "b"], "test")
+    _, _, info = data_lib.resolve_transforms(
+        image_data, data_lib.DataTrainingArguments(), model, pretrained=True
+    )
+    assert info.size == 32 and info.recipe == "cifar"
+    assert info.mean == (0.1, 0.2, 0.3) and info.std == (0.4, 0.5, 0.6)
