@@ -1,11 +1,16 @@
-"""Pictures: grids of source images and their generated mixes."""
+"""Pictures: grids of source images and their generated mixes, saved as PNG and shown inline in notebooks."""
 
 from __future__ import annotations
 
+import base64
+import html
 import os
+import struct
+import time
 from collections.abc import Sequence
 
 import torch
+from transformers import TrainerCallback
 
 
 def denormalize(x: torch.Tensor, mean: Sequence[float] | None, std: Sequence[float] | None) -> torch.Tensor:
@@ -26,3 +31,90 @@ def save_mix_grid(mix: dict[str, torch.Tensor], path: str, mean=None, std=None) 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_image(denormalize(rows.flatten(0, 1), mean, std), path, nrow=rows.shape[1], padding=2, pad_value=1.0)
     return path
+
+
+def mix_grid_paths(output_dir: str) -> list[str]:
+    """The mixed-sample grids a run saved (`output_dir/mixed_samples/step_*.png`), oldest step first."""
+    folder = os.path.join(output_dir, "mixed_samples")
+    if not os.path.isdir(folder):
+        return []
+    names = sorted(n for n in os.listdir(folder) if n.startswith("step_") and n.endswith(".png"))
+    return [os.path.join(folder, n) for n in names]
+
+
+def mixes_html(paths: Sequence[str], scale: int = 2) -> str:
+    """One row of PNG images, each captioned with its step, embedded as base64 (so notebooks keep them inline)."""
+    cells = []
+    for path in paths:
+        with open(path, "rb") as f:
+            png = f.read()
+        width = struct.unpack(">I", png[16:20])[0]  # the IHDR chunk: width, height as big-endian uint32
+        name = os.path.splitext(os.path.basename(path))[0]
+        caption = f"step {int(name[5:])}" if name[5:].isdigit() else name
+        cells.append(
+            '<figure style="margin:4px;text-align:center">'
+            f'<img src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}" width="{width * scale}" '
+            f'style="image-rendering:pixelated"/><figcaption>{html.escape(caption)}</figcaption></figure>'
+        )
+    return '<div style="display:flex;flex-wrap:wrap;align-items:flex-end">' + "".join(cells) + "</div>"
+
+
+def show_mixes(output_dir: str, last: int | None = None, scale: int = 2) -> list[str]:
+    """Display a run's mixed-sample grids inline (IPython / Jupyter) in one row, oldest step first. Each grid has
+    one row per source image set and a last row of the generated mixes. Returns the paths shown.
+
+    Args:
+        output_dir: the run's `output_dir` (the grids are in its `mixed_samples/`).
+        last: show only the last `last` grids.
+        scale: zoom factor of the (small) images.
+    """
+    from IPython.display import HTML, display
+
+    paths = mix_grid_paths(output_dir)
+    if last is not None:
+        paths = paths[-last:] if last > 0 else []
+    if not paths:
+        display(HTML(f"<p>No mixed-sample grids in {html.escape(str(output_dir))}/mixed_samples.</p>"))
+        return []
+    display(HTML(mixes_html(paths, scale)))
+    return paths
+
+
+class ShowMixesCallback(TrainerCallback):
+    """Displays each mixed-sample grid inline as soon as `AdAutoMixTrainer` has saved it (every `save_mix_every`
+    steps and at the last step), so that a notebook shows the mixes evolve during training.
+
+    Args:
+        scale: zoom factor of the (small) images.
+    """
+
+    def __init__(self, scale: int = 2):
+        self.scale = scale
+        self.shown: set[str] = set()
+        self.since = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # Grids left in output_dir by an earlier run are not this run's.
+        self.shown, self.since = set(), time.time() - 1.0
+
+    def _show_new(self, args):
+        new = [
+            p
+            for p in mix_grid_paths(args.output_dir)
+            if p not in self.shown and os.path.getmtime(p) >= self.since
+        ]
+        if new:
+            from IPython.display import HTML, display
+
+            display(HTML(mixes_html(new, self.scale)))
+            self.shown.update(new)
+
+    # Checked at each step's end and at the end of training: whatever the callbacks' order, the grid saved at the
+    # last step's end is shown too.
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self._show_new(args)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self._show_new(args)
