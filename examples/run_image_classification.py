@@ -251,7 +251,9 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.save_state()
 
     # ----- Export (native format, EMA weights when there is a teacher), before anything else can fail ---------
-    trainer.save_model()  # -> trainer.export_model(output_dir)
+    # (not save_model(): with --push_to_hub it would push now, before the evaluation the card reports)
+    trainer.export_model()
+    trainer.save_generator()
 
     # ----- Evaluation (online eval_*, EMA eval_ema_*, mix heads eval[_ema]_mix_head_*) and model card ------------------------------
     metrics = trainer.evaluate()

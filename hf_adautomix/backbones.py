@@ -208,11 +208,27 @@ class TimmAdapter(ClassifierAdapter):
         return final, _to_nchw(inter[0], self._info[stage - 1]["num_chs"])
 
     def save_native(
-        self, save_directory: str, label_names: list[str] | None = None, data_config=None
+        self, save_directory: str, label_names: list[str] | None = None, data_config: dict | None = None
     ) -> None:
+        """timm's own format (`save_for_hf`: `model.safetensors` + `config.json`), which loads in
+        `timm.create_model("local-dir:" + dir, pretrained=True)` and in transformers' `TimmWrapper`
+        (`AutoModelForImageClassification`, `pipeline`).
+
+        Args:
+            save_directory: the folder.
+            label_names: class names by index: `config.json`'s `label_names`, which timm reads and TimmWrapper turns
+                into `id2label`.
+            data_config: the eval preprocessing (`input_size`, `mean`, `std`, `crop_pct`, `crop_mode`,
+                `interpolation`), written to `pretrained_cfg`, which both `timm.data.resolve_data_config` and
+                transformers' `TimmWrapperImageProcessor` read.
+        """
         from timm.models import save_for_hf
 
-        model_config = {"label_names": label_names} if label_names else None
+        if label_names is not None and len(label_names) != self.num_classes:
+            raise ValueError(
+                f"label_names has {len(label_names)} names, but the model has {self.num_classes} classes."
+            )
+        model_config = {"label_names": list(label_names)} if label_names else None
         save_for_hf(
             self.model,
             save_directory,
@@ -220,6 +236,19 @@ class TimmAdapter(ClassifierAdapter):
             data_config=data_config,
             safe_serialization=True,
         )
+        # timm 1.0.31 records num_classes in model_args too, and transformers' TimmWrapper passes model_args *and*
+        # num_classes=num_labels to timm.create_model ("got multiple values for keyword argument 'num_classes'").
+        # The top-level num_classes (pretrained_cfg's for timm, num_labels for TimmWrapper) already carries it.
+        path = os.path.join(save_directory, "config.json")
+        with open(path) as f:
+            config = json.load(f)
+        if config.get("model_args", {}).pop("num_classes", None) is not None:
+            if not config["model_args"]:
+                del config["model_args"]
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(config, f, indent=2)
+            os.replace(tmp, path)
 
 
 def _timm_swin_classes() -> tuple[type, ...]:
@@ -372,7 +401,17 @@ class TransformersAdapter(ClassifierAdapter):
                 )
         return Features(captured["pooled"], out.logits, stage_map)
 
-    def save_native(self, save_directory: str, **_ignored) -> None:
+    def save_native(
+        self, save_directory: str, label_names: list[str] | None = None, data_config: dict | None = None
+    ) -> None:
+        """`save_pretrained` (`config.json` + `model.safetensors`; the CIFAR ResNet's code file too).
+
+        Args:
+            save_directory: the folder.
+            label_names: class names by index, written as the saved config's `id2label` / `label2id` (the model's
+                own config is left as it was).
+            data_config: unused (transformers models carry their preprocessing in `preprocessor_config.json`).
+        """
         from .cifar_models import CifarResNetForImageClassification
 
         if isinstance(self.model, CifarResNetForImageClassification):
@@ -380,7 +419,19 @@ class TransformersAdapter(ClassifierAdapter):
             # hf_adautomix, with trust_remote_code=True.
             self.model.config.register_for_auto_class()
             self.model.register_for_auto_class("AutoModelForImageClassification")
-        self.model.save_pretrained(save_directory)
+        config = self.model.config
+        if label_names is not None and len(label_names) != self.num_classes:
+            raise ValueError(
+                f"label_names has {len(label_names)} names, but the model has {self.num_classes} classes."
+            )
+        saved = (config.id2label, config.label2id)
+        if label_names:
+            config.id2label = dict(enumerate(label_names))
+            config.label2id = {name: i for i, name in enumerate(label_names)}
+        try:
+            self.model.save_pretrained(save_directory)
+        finally:
+            config.id2label, config.label2id = saved
 
 
 def _timm_adapter(model: nn.Module) -> TimmAdapter:
@@ -481,11 +532,27 @@ def cifar_stem_timm(model: nn.Module) -> nn.Module:
     return model
 
 
+def _export_state_dict(cfg: dict, cache_dir=None) -> tuple[dict, str]:
+    """The weights of the timm export that `cfg` (a `pretrained_cfg` from "local-dir:" / "hf-hub:") comes from."""
+    from timm.models import load_state_dict
+
+    if cfg["source"] == "hf-hub":
+        from timm.models._hub import load_state_dict_from_hf
+
+        repo = cfg["hf_hub_id"]
+        return load_state_dict_from_hf(repo, "model.safetensors", cache_dir=cache_dir), repo
+    path = cfg["file"]
+    path = path if os.path.isfile(path) else os.path.join(path, "model.safetensors")
+    return load_state_dict(path), path
+
+
 def register_timm_cifar(arch: str) -> str:
     """Register `<arch>_cifar` with timm, so exported CIFAR variants reload with
-    `timm.create_model('local-dir:' + path, pretrained=True)` once hf_adautomix is imported."""
+    `timm.create_model('local-dir:' + path, pretrained=True)` (or "hf-hub:", or transformers' TimmWrapper) once
+    hf_adautomix is imported: timm's ResNet/ConvNeXt arguments cannot express a 3x3 stride-1 stem, so an export
+    cannot name a stock architecture plus `model_args` instead."""
     import timm
-    from timm.models import load_state_dict, register_model
+    from timm.models import register_model
 
     name = f"{arch}_cifar"
     if timm.is_model(name):
@@ -494,20 +561,28 @@ def register_timm_cifar(arch: str) -> str:
     def entry(pretrained=False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **kwargs):
         kwargs.pop("pretrained_model_args", None)
         cfg = pretrained_cfg if isinstance(pretrained_cfg, dict) else getattr(pretrained_cfg, "__dict__", {})
-        local_file = cfg.get("file") if cfg.get("source") == "local-dir" else None
-        model = timm.create_model(
-            arch, pretrained=pretrained and local_file is None, cache_dir=cache_dir, **kwargs
-        )
+        # An export (timm.create_model("local-dir:..." or "hf-hub:...")) brings its own weights; otherwise
+        # pretrained=True means the plain architecture's weights (all but the new stem).
+        source = cfg.get("source") if cfg.get("source") in ("local-dir", "hf-hub") else None
+        if cfg.get("num_classes") is not None:  # an export's classes (its model_args leave them out)
+            kwargs.setdefault("num_classes", cfg["num_classes"])
+        model = timm.create_model(arch, pretrained=pretrained and not source, cache_dir=cache_dir, **kwargs)
         cifar_stem_timm(model)
-        if pretrained and local_file:
-            path = local_file if os.path.isfile(local_file) else os.path.join(local_file, "model.safetensors")
-            state = load_state_dict(path)
+        if pretrained and source:
+            state, where = _export_state_dict(cfg, cache_dir)
             own = model.state_dict()
             head = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
             if head:  # another number of classes: a new head, as timm's own loader does
-                logger.warning("Not loading %s from %s (shape mismatch: new number of classes).", head, path)
+                logger.warning("Not loading %s from %s (shape mismatch: new number of classes).", head, where)
             model.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=not head)
-        model.pretrained_cfg = {**model.pretrained_cfg, "architecture": name}
+        # An export's own pretrained_cfg (input size, mean/std, crop, labels), as timm keeps for its own
+        # architectures, so that resolve_data_config(model=...) gives the export's preprocessing, not arch's.
+        model.pretrained_cfg = {**(cfg if source else model.pretrained_cfg), "architecture": name}
+        if source and model.num_classes != cfg.get("num_classes"):  # a new head: not the export's labels
+            for key in ("label_names", "label_descriptions"):
+                model.pretrained_cfg.pop(key, None)
+            model.pretrained_cfg["num_classes"] = model.num_classes
+        model.default_cfg = model.pretrained_cfg  # timm's alias
         return model
 
     entry.__name__ = name

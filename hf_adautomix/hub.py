@@ -168,7 +168,9 @@ def _gallery(output_dir: str) -> str | None:
 
 
 def load_snippets(adapter, name: str) -> str:
-    """How to load the export in each loader its library offers, as exactly as it must be typed."""
+    """How to load the export in each loader that takes it, as exactly as it must be typed: transformers exports in
+    `pipeline` and `AutoModelForImageClassification`; timm exports in `timm.create_model` and, through transformers'
+    `TimmWrapper`, in `pipeline` and `AutoModelForImageClassification` (tests/test_exports.py runs every snippet)."""
     if adapter.family == "transformers":
         custom = adapter.model.config.model_type == "cifar_resnet"
         remote = ", trust_remote_code=True" if custom else ""
@@ -190,9 +192,21 @@ def load_snippets(adapter, name: str) -> str:
     imports = (
         "import hf_adautomix  # registers the CIFAR variant " + f"({adapter.arch_name})\n" if cifar else ""
     )
+    note = (
+        f"`import hf_adautomix` registers the CIFAR variant `{adapter.arch_name}` (its 3x3 stride-1 stem) with "
+        "timm; every loader needs it, as timm's own model arguments cannot express that stem.\n\n"
+        if cifar
+        else ""
+    )
     return (
-        f"```python\n{imports}import timm\n\n"
+        f"{note}```python\n{imports}import timm\n\n"
         f'model = timm.create_model("{prefix}{name}", pretrained=True).eval()\n'
         "config = timm.data.resolve_data_config(model=model)\n"
-        "transform = timm.data.create_transform(**config)\n```"
+        "transform = timm.data.create_transform(**config)\n```\n\n"
+        "In transformers (`TimmWrapper`; the preprocessing is the timm config's):\n\n"
+        f"```python\n{imports}from transformers import pipeline\n\n"
+        f'classifier = pipeline("image-classification", model="{name}")\n```\n\n'
+        f"```python\n{imports}from transformers import AutoImageProcessor, AutoModelForImageClassification\n\n"
+        f'processor = AutoImageProcessor.from_pretrained("{name}")\n'
+        f'model = AutoModelForImageClassification.from_pretrained("{name}")\n```'
     )

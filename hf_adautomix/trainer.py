@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import shutil
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -71,6 +72,16 @@ class MixGridCallback(TrainerCallback):
 
 class NonFiniteError(RuntimeError):
     """Training produced a non-finite loss or gradient (or non-finite weights were about to be exported)."""
+
+
+class HubPushError(OSError):
+    """The Hub could not be reached or refused an upload; what was saved locally is whole (the message says where
+    and how to push it later)."""
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    text = " ".join(f"{type(err).__name__}: {err}".split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class NonFiniteGuard(TrainerCallback):
@@ -441,6 +452,7 @@ class AdAutoMixTrainer(Trainer):
         with _hub_token_hidden(self.args):
             if os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir):
                 self.export_model(output_dir)
+                self.save_generator(output_dir)
                 if self.is_world_process_zero():
                     self.create_model_card()  # what save_model() users get too, not only push_to_hub()
             else:
@@ -506,6 +518,230 @@ class AdAutoMixTrainer(Trainer):
             return state.global_step >= self.args.max_steps
         return state.global_step >= state.max_steps and state.num_train_epochs == self.args.num_train_epochs
 
+    # -- Hub -------------------------------------------------------------------------------------------------
+    # Besides the export (`export_model`) and its card, a Hub commit carries these files of output_dir when they
+    # are there (metrics, the resolved recipe) and its mixed-sample grids; `generator/` only with hub_strategy
+    # checkpoint/all_checkpoints, which push what resuming needs (Trainer's semantics).
+    HUB_FILES = (
+        "all_results.json",
+        "train_results.json",
+        "eval_results.json",
+        "test_results.json",
+        "trainer_state.json",
+        "hf_adautomix_run.json",  # checkpoints.RUN_FILE
+    )
+    HUB_STAGING = "_hub_staging"  # under output_dir; names starting with "_" are never uploaded from it
+
+    def save_generator(self, output_dir: str | None = None) -> str | None:
+        """Save a learned mixer's generator as its own artefact (`generator_hub.save_generator`: config.json with
+        what rebuilds it, the backbone stage, N; safetensors weights) to `output_dir/generator/`. Returns the folder,
+        or None for mixers without a generator (and on processes other than the main one)."""
+        if not getattr(self.model.mixer, "learned", False) or not self.is_world_process_zero():
+            return None
+        from .generator_hub import GENERATOR_DIR, save_generator
+
+        return save_generator(self, os.path.join(output_dir or self.args.output_dir, GENERATOR_DIR))
+
+    def _hub_pushes_checkpoints(self) -> bool:
+        from transformers.trainer_utils import HubStrategy
+
+        return self.args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS)
+
+    def _stage_for_hub(self, name: str, card_kwargs: dict | None = None) -> str:
+        """Build `output_dir/_hub_staging/<name>/`, what one Hub commit uploads: the current model exported as at the
+        end of training (`export_model`: native weights, config, image processor, training_args.bin without the
+        token), the model card, the mixed-sample grids, `HUB_FILES`, and the generator with the checkpoint
+        strategies. Reads the model, never changes it nor the RNG (a resumed run stays exact)."""
+        out = self.args.output_dir
+        stage = os.path.join(out, self.HUB_STAGING, name)
+        shutil.rmtree(stage, ignore_errors=True)  # what a killed run left under this name
+        self.export_model(stage)
+        # Written to output_dir/README.md (its gallery links are relative to it), then copied.
+        card = self.create_model_card(**(card_kwargs or {}))
+        shutil.copy2(card, os.path.join(stage, "README.md"))
+        for file in self.HUB_FILES:
+            if os.path.isfile(os.path.join(out, file)):
+                shutil.copy2(os.path.join(out, file), os.path.join(stage, file))
+        if os.path.isdir(os.path.join(out, "mixed_samples")):
+            shutil.copytree(os.path.join(out, "mixed_samples"), os.path.join(stage, "mixed_samples"))
+        if self._hub_pushes_checkpoints():
+            self.save_generator(stage)
+        return stage
+
+    def _hub_staged(self) -> list:
+        """(upload jobs, staging folder) of the in-training pushes not yet cleaned up."""
+        return self.__dict__.setdefault("_hub_staged_folders", [])
+
+    def _hub_cleanup(self) -> None:
+        """Delete the staging folders whose uploads are over (done or failed)."""
+        staged = self._hub_staged()
+        for jobs, folder in list(staged):
+            if all(job.done() for job in jobs):
+                shutil.rmtree(folder, ignore_errors=True)
+                staged.remove((jobs, folder))
+        root = os.path.join(self.args.output_dir, self.HUB_STAGING)
+        if not staged and os.path.isdir(root) and not os.listdir(root):
+            os.rmdir(root)
+
+    def _hub_push_later(self, repo: str | None = None, private: bool | None = None) -> str:
+        repo = repo or self.hub_model_id or self.args.hub_model_id or os.path.basename(self.args.output_dir)
+        private = self.args.hub_private_repo if private is None else private
+        return f"python examples/push_to_hub.py {self.args.output_dir} --hub_model_id {repo}" + (
+            " --private" if private else ""
+        )
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        # Override: a Hub that cannot be reached (or refuses the repo) fails here, when the Trainer is built with
+        # --push_to_hub, before any training, with what to do instead of a network traceback.
+        try:
+            super().init_hf_repo(token=token, private=private)
+        except Exception as err:
+            repo = self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
+            raise HubPushError(
+                f"Cannot create the Hub repo {repo} ({_one_line(err)}). Check the network and the token (`hf auth "
+                "login` or --hub_token), or train without --push_to_hub and push the finished run later with: "
+                + self._hub_push_later(repo, private)
+            ) from err
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # Override: Trainer copies the checkpoint's model.safetensors to output_dir and uploads that; here it is the
+        # whole wrapper (classifier, teacher, generator, step) without config.json, which nothing can load. Each
+        # in-training commit is instead the current model exported as at the end (`_stage_for_hub`), plus, with
+        # hub_strategy checkpoint/all_checkpoints, the checkpoint folder (last-checkpoint/ or checkpoint-N/) for
+        # resuming. A failed upload is logged and training goes on; the push at the end tries again.
+        from transformers import trainer as hf_trainer
+        from transformers.trainer_utils import HubStrategy, SaveStrategy
+        from transformers.utils.hub import PushInProgress
+
+        args = self.args
+        if args.hub_strategy == HubStrategy.END:
+            return
+        if self._hub_pushes_checkpoints():
+            # A pushed checkpoint must be resumable: every rank's RNG state written (all ranks get here), then the
+            # completion marker that `_save_checkpoint` would only write after this push.
+            self.accelerator.wait_for_everyone()
+        if not self.is_world_process_zero():
+            return
+        self._hub_cleanup()
+        if (
+            not args.hub_always_push
+            and self.push_in_progress is not None
+            and not self.push_in_progress.is_done()
+        ):
+            return
+        self.callback_handler.on_push_begin(args, self.state, self.control)
+        step = self.state.global_step
+        message = (
+            f"Training in progress, step {step}"
+            if args.save_strategy == SaveStrategy.STEPS
+            else f"Training in progress, epoch {int(self.state.epoch)}"
+        )
+        uploads = [dict(folder_path=self._stage_for_hub(f"step-{step}"), commit_message=message)]
+        if self._hub_pushes_checkpoints():
+            mark_complete(checkpoint_folder)
+            path = (
+                "last-checkpoint"
+                if args.hub_strategy == HubStrategy.CHECKPOINT
+                else Path(checkpoint_folder).name
+            )
+            uploads.append(
+                dict(
+                    folder_path=checkpoint_folder, path_in_repo=path, commit_message=message + ", checkpoint"
+                )
+            )
+        jobs = []
+        try:
+            for upload in uploads:
+                job = hf_trainer.hf_api().upload_folder(
+                    repo_id=self.hub_model_id,
+                    token=args.hub_token,
+                    run_as_future=True,
+                    revision=args.hub_revision,
+                    **upload,
+                )
+                job.add_done_callback(self._hub_job_done)
+                jobs.append(job)
+        except Exception as err:
+            logger.warning(
+                "Could not push step %d to the Hub repo %s (%s); training goes on, and the push at the end of "
+                "training tries again.",
+                step,
+                self.hub_model_id,
+                _one_line(err),
+            )
+        self._hub_staged().append((jobs, uploads[0]["folder_path"]))
+        if self.push_in_progress is None or self.push_in_progress.is_done():
+            self.push_in_progress = PushInProgress(jobs)
+        else:
+            self.push_in_progress.jobs.extend(jobs)
+        self._hub_cleanup()
+
+    def _hub_job_done(self, job) -> None:
+        if not job.cancelled() and job.exception() is not None:
+            logger.warning(
+                "An in-training push to the Hub repo %s failed (%s); the push at the end of training tries again.",
+                self.hub_model_id,
+                _one_line(job.exception()),
+            )
+
+    def _finish_current_push(self) -> None:
+        # Override: once the in-training uploads are over, their staging folders go.
+        super()._finish_current_push()
+        self._hub_cleanup()
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs,
+    ):
+        """`Trainer.push_to_hub`, uploading only what users load: the export (the EMA teacher by default) with its
+        config and image processor, our model card (`kwargs` go to `create_model_card`), the mixed-sample grids,
+        the metrics and the resolved recipe; the generator (`generator/`) too with hub_strategy
+        checkpoint/all_checkpoints. Everything is saved to `output_dir` first (the generator to
+        `output_dir/generator/`); when the Hub cannot be reached, raises `HubPushError` saying where the model is
+        and how to push it later."""
+        from transformers import trainer as hf_trainer
+
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        kwargs.pop("model_name", None)  # our card is named after --hub_model_id
+        token = token if token is not None else self.args.hub_token
+        self.save_model(_internal_call=True)  # export + card, on every process, before anything can fail
+        self.save_generator()
+        if not self.is_world_process_zero():
+            return None
+        self._finish_current_push()
+        stage = self._stage_for_hub("final", card_kwargs=kwargs)
+        try:
+            if self.hub_model_id is None:  # push_to_hub() without --push_to_hub
+                self.init_hf_repo(token=token, private=private)
+            result = hf_trainer.hf_api().upload_folder(
+                repo_id=self.hub_model_id,
+                folder_path=stage,
+                commit_message=commit_message,
+                token=token,
+                run_as_future=not blocking,
+                revision=revision if revision is not None else self.args.hub_revision,
+            )
+        except Exception as err:
+            shutil.rmtree(stage, ignore_errors=True)
+            self._hub_cleanup()
+            cause = err.__cause__ if isinstance(err, HubPushError) and err.__cause__ else err
+            raise HubPushError(
+                f"Could not push to the Hub repo {self.hub_model_id or self.args.hub_model_id} "
+                f"({_one_line(cause)}). The trained model is saved locally in {self.args.output_dir} (exported "
+                f"model, model card, metrics); push it later with: {self._hub_push_later(private=private)}"
+            ) from err
+        if blocking:
+            shutil.rmtree(stage, ignore_errors=True)
+            self._hub_cleanup()
+        else:
+            self._hub_staged().append(([result], stage))
+        return result
+
     def create_model_card(
         self,
         *,
@@ -560,26 +796,34 @@ class AdAutoMixTrainer(Trainer):
                 f"{len(bad)} tensor(s) hold NaN or inf (e.g. {', '.join(bad[:3])})."
             )
         info = self.transform_info
-        labels = _label_names(adapter)
+        evals = self.eval_dataset.values() if isinstance(self.eval_dataset, dict) else [self.eval_dataset]
+        labels = _label_names(adapter, [self.train_dataset, *evals])
+        data_config = None
+        if adapter.family == "timm" and info is not None:
+            # The eval transform in timm's terms (data.pretrained_data_config reads it back): "squash" with
+            # crop_pct 1 resizes to size x size, "center" resizes the short side to size / crop_pct and crops.
+            crop = info.eval_crop_pct
+            data_config = {
+                "input_size": (3, info.size, info.size),
+                "mean": tuple(info.mean),
+                "std": tuple(info.std),
+                "crop_pct": 1.0 if crop is None else float(crop),
+                "crop_mode": "squash" if crop is None else "center",
+                "interpolation": info.interpolation,
+            }
+        adapter.save_native(output_dir, label_names=labels, data_config=data_config)
         if adapter.family == "timm":
-            data_config = None
-            if info is not None:
-                data_config = {
-                    "input_size": (3, info.size, info.size),
-                    "mean": tuple(info.mean),
-                    "std": tuple(info.std),
-                    "crop_pct": 1.0 if info.recipe == "cifar" else 0.875,
-                    "interpolation": "bilinear",
-                    "crop_mode": "center",
-                }
-            adapter.save_native(output_dir, label_names=labels, data_config=data_config)
+            # timm exports carry their preprocessing in config.json's pretrained_cfg, which timm and transformers'
+            # TimmWrapperImageProcessor read; a preprocessor_config.json would win over it on the Hub
+            # (AutoImageProcessor reads config.json only for local timm folders) and could disagree with timm.
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(output_dir, "preprocessor_config.json"))
         else:
-            adapter.save_native(output_dir)
-        processor = self.processing_class
-        if processor is None and info is not None:
-            processor = make_image_processor(info)
-        if processor is not None and hasattr(processor, "save_pretrained"):
-            processor.save_pretrained(output_dir)
+            processor = self.processing_class
+            if processor is None and info is not None:
+                processor = make_image_processor(info)
+            if processor is not None and hasattr(processor, "save_pretrained"):
+                processor.save_pretrained(output_dir)
         with _hub_token_hidden(self.args):
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
         logger.info(
@@ -669,7 +913,34 @@ def _auto_transform(train, evaluation, wrapper: MixupModel, seed: int):
     return out[0], out[1], info
 
 
-def _label_names(adapter) -> list[str] | None:
+def _label_names(adapter, datasets=()) -> list[str] | None:
+    """The class names an export carries: those of the data the model was trained on (a `ClassLabel` column with one
+    name per class), else the model's own (transformers' `id2label` unless it is the `LABEL_i` default, timm's
+    `pretrained_cfg["label_names"]`); None when neither has them."""
+    import datasets as hf_datasets
+
+    from .data import LABEL_COLUMN_CANDIDATES
+
+    n = adapter.num_classes
     if adapter.family == "transformers":
-        return [adapter.model.config.id2label[i] for i in range(adapter.num_classes)]
-    return adapter.model.pretrained_cfg.get("label_names")
+        id2label = adapter.model.config.id2label or {}
+        own = [str(id2label.get(i, f"LABEL_{i}")) for i in range(n)]
+        own = None if own == [f"LABEL_{i}" for i in range(n)] else own
+    else:
+        own = adapter.model.pretrained_cfg.get("label_names")
+        own = list(own) if own is not None and len(own) == n else None
+    data = None
+    for ds in datasets:
+        features = getattr(ds, "features", None) or {}
+        columns = [c for c in LABEL_COLUMN_CANDIDATES if c in features] + sorted(features)
+        names = [features[c].names for c in columns if isinstance(features[c], hf_datasets.ClassLabel)]
+        data = next((list(x) for x in names if len(x) == n), None)
+        if data is not None:
+            break
+    if data is not None and own is not None and data != own:
+        logger.warning(
+            "The model's class names %s differ from the training data's %s; the export uses the data's.",
+            own[:5],
+            data[:5],
+        )
+    return data or own
