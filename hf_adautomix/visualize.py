@@ -118,3 +118,126 @@ class ShowMixesCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             self._show_new(args)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Robustness plots (matplotlib, Agg backend; `hf_adautomix.evaluation.robustness` writes them).
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)  # no display needed; keeps an already chosen backend
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def reliability_bins(logits, labels, n_bins: int = 15) -> dict[str, list[float]]:
+    """Per-bin count, accuracy and mean confidence of the softmax top-1, with the binning of
+    `evaluation.metrics.ece` (left-closed equal-width bins; confidence 1.0 in the last bin here, so a saturated
+    softmax is drawn, and the ECE it adds is the same). Returns `{"edges", "count", "accuracy", "confidence"}`;
+    empty bins have accuracy and confidence NaN."""
+    import numpy as np
+
+    from .evaluation.metrics import log_softmax
+
+    probs = np.exp(log_softmax(np.asarray(logits, dtype=np.float64)))
+    labels = np.asarray(labels)
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.bincount(bins, weights=correct, minlength=n_bins) / count
+        mean_conf = np.bincount(bins, weights=conf, minlength=n_bins) / count
+    return {
+        "edges": edges.tolist(),
+        "count": count.tolist(),
+        "accuracy": acc.tolist(),
+        "confidence": mean_conf.tolist(),
+    }
+
+
+def save_reliability_diagram(logits, labels, path: str, n_bins: int = 15, title: str | None = None) -> str:
+    """Reliability diagram (the paper's Fig. 4 / Fig. 7): per confidence bin, the accuracy (bars) against the
+    diagonal of perfect calibration, with the gap to the bin's mean confidence shaded, and a confidence histogram
+    below. The title gives the ECE (`evaluation.metrics.ece`, `n_bins` bins). Saves a PNG; returns `path`."""
+    import numpy as np
+
+    from .evaluation.metrics import ece
+
+    plt = _pyplot()
+    stats = reliability_bins(logits, labels, n_bins)
+    edges = np.asarray(stats["edges"])
+    centers, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
+    acc, conf, count = (np.nan_to_num(np.asarray(stats[k])) for k in ("accuracy", "confidence", "count"))
+    value = ece(logits, labels, n_bins=n_bins, from_logits=True)
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    top.bar(centers, acc, width=width, edgecolor="black", color="tab:blue", label="accuracy")
+    top.bar(
+        centers,
+        conf - acc,
+        bottom=acc,
+        width=width,
+        edgecolor="tab:red",
+        color="tab:red",
+        alpha=0.3,
+        label="gap",
+    )
+    top.plot([0, 1], [0, 1], "r--", label="perfect calibration")
+    top.set(ylim=(0, 1), ylabel="accuracy", title=title or f"Reliability diagram (ECE {100 * value:.2f} %)")
+    top.legend(loc="upper left", fontsize="small")
+    bottom.bar(centers, count / max(count.sum(), 1), width=width, edgecolor="black", color="tab:gray")
+    bottom.set(xlim=(0, 1), xlabel="confidence", ylabel="fraction")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def save_occlusion_plot(curves: dict[str, dict], path: str, title: str = "Random PatchDrop") -> str:
+    """Top-1 accuracy (%) against occlusion ratio (%), one line per model (the paper's Fig. 5). `curves` maps a
+    name to `{ratio: accuracy}` (ratios in [0, 1], as floats or strings; accuracies in [0, 1]). Returns `path`."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, points in curves.items():
+        pairs = sorted((float(r), float(a)) for r, a in points.items())
+        ax.plot([100 * r for r, _ in pairs], [100 * a for _, a in pairs], marker="o", label=name)
+    ax.set(xlabel="Occlusion ratio (%)", ylabel="Top-1 accuracy (%)", title=title, ylim=(0, 100))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def save_corruption_plot(results: dict, path: str) -> str:
+    """Top-1 error (%) per corruption type, one bar group per severity, from `evaluate_corruptions`'s results.
+    Returns `path`."""
+    import numpy as np
+
+    plt = _pyplot()
+    names = list(results["error"])
+    severities = list(results["severity_mean_error"])
+    fig, ax = plt.subplots(figsize=(max(5, 0.55 * len(names) + 1.5), 3.8))
+    width = 0.8 / len(severities)
+    for i, s in enumerate(severities):
+        x = np.arange(len(names)) + (i - (len(severities) - 1) / 2) * width
+        ax.bar(x, [100 * results["error"][n][s] for n in names], width=width, label=f"severity {s}")
+    ax.set_xticks(np.arange(len(names)), names, rotation=60, ha="right", fontsize="small")
+    ax.set(ylabel="Top-1 error (%)", ylim=(0, 100))
+    ax.set_title(f"Corruptions ({results['params']}), mean error {100 * results['mean_error']:.2f} %")
+    ax.legend(fontsize="x-small", ncol=min(5, len(severities)))
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -115,7 +115,9 @@ def _import_saliency():
     except (ImportError, AttributeError) as e:
         raise ImportError(
             "--mixup saliencymix needs OpenCV's contrib saliency module (cv2.saliency), which is not installed. "
-            f"Install it with: {SALIENCY_INSTALL_HINT} (opencv-contrib-python-headless)."
+            f"Install it with: {SALIENCY_INSTALL_HINT} (opencv-contrib-python-headless). If it is installed, "
+            "another OpenCV package (e.g. opencv-python, which imagecorruptions-imaug pulls in) was installed over "
+            "it, into the same cv2 folder: pip install --force-reinstall --no-deps opencv-contrib-python-headless."
         ) from e
 
 
