@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import os
 import struct
 import time
@@ -239,5 +240,173 @@ def save_corruption_plot(results: dict, path: str) -> str:
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training curves and run comparisons (`examples/plot_training.py`, `examples/compare_runs.py`).
+# ----------------------------------------------------------------------------------------------------------
+
+# Trainer's summary keys (one value per run or per evaluation, not curves).
+_NOT_CURVES = ("runtime", "samples_per_second", "steps_per_second", "total_flos", "epoch", "step")
+# The evaluated heads, as `AdAutoMixTrainer.evaluate` prefixes their metrics; longest prefix first.
+EVAL_HEADS = {"ema_mix_head_": "EMA mix head", "mix_head_": "mix head", "ema_": "EMA", "": "online"}
+_EVAL_METRICS = {"accuracy": "top-1 accuracy", "top5_accuracy": "top-5 accuracy", "nll": "NLL", "ece": "ECE"}
+_PANEL_ORDER = [
+    "training losses",
+    "λ",
+    "mask statistics",
+    "other training statistics",
+    "EMA momentum",
+    "learning rates",
+    "gradient norm",
+    "eval top-1 accuracy",
+    "eval top-5 accuracy",
+    "eval NLL",
+    "eval ECE",
+    "eval loss",
+]
+
+
+def _train_group(key: str) -> str | None:
+    """The panel of one training log key (None: not plotted)."""
+    if key == "loss" or key.startswith("train_loss_"):
+        return "training losses"
+    if key.startswith("train_lam"):
+        return "λ"
+    if key.startswith("train_mask"):
+        return "mask statistics"
+    if key == "ema_momentum":
+        return "EMA momentum"
+    if key == "learning_rate" or key.endswith("_lr"):
+        return "learning rates"
+    if key == "grad_norm":
+        return "gradient norm"
+    if key.startswith("train_"):
+        return "other training statistics"
+    return None
+
+
+def _eval_split(key: str) -> tuple[str, str] | None:
+    """`eval_ema_top5_accuracy` -> ("top5_accuracy", "EMA"); None for non-metrics (runtime, throughput)."""
+    if not key.startswith("eval_") or key.endswith(_NOT_CURVES):
+        return None
+    rest = key[len("eval_") :]
+    for prefix, head in EVAL_HEADS.items():
+        if rest.startswith(prefix) and rest[len(prefix) :]:
+            return rest[len(prefix) :], head
+    return None
+
+
+def training_curves(log_history: Sequence[dict]) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
+    """Group a `trainer_state.json` `log_history` into panels of curves: `{panel: {name: (steps, values)}}`.
+
+    Training panels: "training losses" (`loss`, `train_loss_*`), "λ" (`train_lam_*`), "mask statistics"
+    (`train_mask_*`), "other training statistics" (other `train_*`), "EMA momentum", "learning rates"
+    (`learning_rate`, `*_lr`) and "gradient norm". Evaluation panels, one per metric ("eval top-1 accuracy",
+    ..., and "eval loss" only where it is not the NLL again), hold one curve per head (online, EMA, mix head,
+    EMA mix head). Trainer's end-of-training summary (the entry with `train_runtime`) and non-finite or
+    non-numeric values are left out; absent terms give no panel.
+    """
+    panels: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+    for entry in log_history:
+        if "train_runtime" in entry:  # the run's summary: averages, not a point of a curve
+            continue
+        step = entry.get("step")
+        if step is None:
+            continue
+        for key, value in entry.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                continue
+            split = _eval_split(key)
+            if split is not None:
+                metric, name = split
+                panel = "eval " + _EVAL_METRICS.get(metric, metric.replace("_", " "))
+            else:
+                panel, name = _train_group(key), key
+            if panel is None:
+                continue
+            steps, values = panels.setdefault(panel, {}).setdefault(name, ([], []))
+            steps.append(float(step))
+            values.append(float(value))
+    # Trainer's eval loss is the NLL our metrics report again: one panel of the two.
+    if "eval NLL" in panels and set(panels.get("eval loss", {})) <= set(panels["eval NLL"]):
+        panels.pop("eval loss", None)
+    order = [*_PANEL_ORDER, *sorted(p for p in panels if p not in _PANEL_ORDER)]
+    return {p: panels[p] for p in order if p in panels}
+
+
+def save_training_plot(log_history: Sequence[dict], path: str, title: str | None = None) -> str:
+    """One panel per group of `training_curves(log_history)` against the optimizer step. Saves a PNG; returns
+    `path`. Raises ValueError when the history holds no curve at all."""
+    plt = _pyplot()
+    panels = training_curves(log_history)
+    if not panels:
+        raise ValueError("Expected a log_history with logged losses or metrics, found none to plot.")
+    cols = min(3, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.3 * rows), squeeze=False)
+    for ax, (panel, curves) in zip(axes.flat, panels.items()):
+        for name, (steps, values) in curves.items():
+            ax.plot(steps, values, marker="o" if len(steps) <= 20 else None, markersize=3, label=name)
+        ax.set(title=panel, xlabel="step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small")
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_run_comparison(
+    runs: Sequence[str],
+    bars: dict[str, Sequence[float | None]],
+    occlusion: Sequence[dict | None],
+    path: str,
+    title: str = "Run comparison",
+) -> str:
+    """Runs side by side: a grouped bar chart (one group per metric in `bars`, one bar per run; values in %,
+    None drawn as no bar) and, when any run has one, its occlusion curve (`{ratio: accuracy}`, fractions).
+    Saves a PNG; returns `path`."""
+    import numpy as np
+
+    plt = _pyplot()
+    # One colour per run in both panels.
+    curves = {i: o for i, o in enumerate(occlusion) if o}
+    ncols = 2 if curves else 1
+    bar_width = min(12.0, max(6.0, 0.35 * len(bars) * max(1, len(runs)) + 2))  # inches: room for the bars
+    fig, axes = plt.subplots(1, ncols, figsize=(bar_width + 5 * (ncols - 1), 4))
+    axes = np.atleast_1d(axes)
+    ax = axes[0]
+    width = 0.8 / max(1, len(runs))
+    x = np.arange(len(bars))
+    for i, run in enumerate(runs):
+        values = [v[i] for v in bars.values()]
+        heights = [np.nan if v is None else v for v in values]
+        ax.bar(x + (i - (len(runs) - 1) / 2) * width, heights, width=width, label=run, color=f"C{i % 10}")
+    ax.set_xticks(x, list(bars), rotation=30, ha="right", fontsize="small")
+    ax.set(ylabel="%", title=title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="x-small")
+    if curves:
+        ax = axes[1]
+        for i, points in curves.items():
+            pairs = sorted((float(r), float(a)) for r, a in points.items())
+            xs, ys = [100 * r for r, _ in pairs], [100 * a for _, a in pairs]
+            ax.plot(xs, ys, marker="o", label=runs[i], color=f"C{i % 10}")
+        ax.set(
+            xlabel="Occlusion ratio (%)", ylabel="Top-1 accuracy (%)", title="Random PatchDrop", ylim=(0, 100)
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
