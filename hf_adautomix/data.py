@@ -447,7 +447,7 @@ def _load_splits(
                 f"--train_dir {args.train_dir!r} gave no labels: its images are not in one sub-folder per class; "
                 f"{layout}."
             )
-        return dict(ds), f"image folder {args.train_dir!r}"
+        return dict(ds), f"image folder {_short_path(args.train_dir)!r}"
     if args.train_file is not None:
         builder = FILE_BUILDERS[os.path.splitext(args.train_file)[1].lower()]
         # One file at a time: loaded together, datasets casts the validation file to the training file's
@@ -459,7 +459,7 @@ def _load_splits(
             for split, path in files.items()
             if path is not None
         }
-        return splits, f"{builder} file {args.train_file!r}"
+        return splits, f"{builder} file {_short_path(args.train_file)!r}"
     train, validation = load_digits_dataset()
     logger.warning(
         "No dataset given: using the embedded default, scikit-learn's handwritten digits (%d train / %d "
@@ -468,6 +468,13 @@ def _load_splits(
         len(validation),
     )
     return {"train": train, "validation": validation}, "scikit-learn's handwritten digits (embedded default)"
+
+
+def _short_path(path: str) -> str:
+    """The last two components of a local path: enough to name the data in logs and model cards, without the
+    user's directory layout (which a pushed card would publish)."""
+    parts = os.path.normpath(path).split(os.sep)
+    return os.path.join(*parts[-2:]) if len(parts) > 2 else path
 
 
 def _load_named(
@@ -482,10 +489,10 @@ def _load_named(
         )
         if saved:
             ds = datasets.load_from_disk(path)
-            source = f"dataset saved on disk at {name!r}"
+            source = f"dataset saved on disk at {_short_path(name)!r}"
         else:
             ds = datasets.load_dataset(path, config, cache_dir=cache_dir)
-            source = f"local dataset folder {name!r}"
+            source = f"local dataset folder {_short_path(name)!r}"
         return ({"train": ds} if isinstance(ds, datasets.Dataset) else dict(ds)), source
     if name.startswith((".", "/", "~")) or os.path.isabs(name):
         raise FileNotFoundError(
