@@ -77,7 +77,12 @@ class ClassifierAdapter(nn.Module, metaclass=abc.ABCMeta):
     def stage_module(self, stage: int) -> nn.Module: ...
 
     @abc.abstractmethod
-    def forward_features(self, x: torch.Tensor, stage: int | None = None) -> Features: ...
+    def forward_features(
+        self, x: torch.Tensor, stage: int | None = None, *, stop_at_stage: bool = False
+    ) -> Features:
+        """Pooled features, logits and (with `stage`) stage `stage`'s map. `stop_at_stage=True` (needs `stage`)
+        returns only the map, `Features(None, None, stage_map)`, and may skip what comes after the stage (later
+        stages, pooling, head) where the family allows it; the map is the same tensor either way."""
 
     @abc.abstractmethod
     def save_native(self, save_directory: str, **kwargs) -> None: ...
@@ -140,6 +145,37 @@ class ClassifierAdapter(nn.Module, metaclass=abc.ABCMeta):
             handle.remove()
 
 
+class _StageReached(Exception):
+    """Raised by the tap hook of `_run_until` to end a forward at the tapped stage."""
+
+
+def _check_stop(stage: int | None) -> None:
+    if stage is None:
+        raise ValueError("stop_at_stage=True needs a stage to stop at; got stage=None.")
+
+
+def _run_until(run: Callable[[torch.Tensor], object], x: torch.Tensor, module: nn.Module):
+    """`module`'s output in `run(x)`, ending the forward there: nothing after it runs (no compute, no BN buffer
+    update, no random draw). The families without a native early exit (transformers, timm Swin's merging tap)
+    get one from a forward hook that raises once it has the output."""
+    captured = []
+
+    def hook(_module, _inputs, output):
+        captured.append(output)
+        raise _StageReached
+
+    handle = module.register_forward_hook(hook)
+    try:
+        run(x)
+    except _StageReached:
+        pass
+    finally:
+        handle.remove()
+    if not captured:
+        raise RuntimeError(f"{type(module).__name__} did not run in the forward; cannot stop there.")
+    return captured[-1]
+
+
 def _to_nchw(t: torch.Tensor, channels: int | None = None) -> torch.Tensor:
     if t.ndim == 4 and channels is not None and t.shape[1] != channels and t.shape[-1] == channels:
         return t.permute(0, 3, 1, 2).contiguous()  # NHWC
@@ -191,7 +227,13 @@ class TimmAdapter(ClassifierAdapter):
         self.check_stage(stage)
         return self.model.get_submodule(self._info[stage - 1]["module"])
 
-    def forward_features(self, x: torch.Tensor, stage: int | None = None) -> Features:
+    def forward_features(
+        self, x: torch.Tensor, stage: int | None = None, *, stop_at_stage: bool = False
+    ) -> Features:
+        if stop_at_stage:
+            _check_stop(stage)
+            self.check_stage(stage)
+            return Features(None, None, self._forward_to_stage(x, stage))
         if stage is None:
             final, stage_map = self.model.forward_features(x), None
         else:
@@ -206,6 +248,18 @@ class TimmAdapter(ClassifierAdapter):
             x, indices=[self._info_index[stage - 1]], norm=False, output_fmt="NCHW"
         )
         return final, _to_nchw(inter[0], self._info[stage - 1]["num_chs"])
+
+    def _forward_to_stage(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """Stage `stage`'s map in NCHW, running nothing after it (timm's own `stop_early`)."""
+        inter = self.model.forward_intermediates(
+            x,
+            indices=[self._info_index[stage - 1]],
+            norm=False,
+            stop_early=True,
+            output_fmt="NCHW",
+            intermediates_only=True,
+        )
+        return _to_nchw(inter[0], self._info[stage - 1]["num_chs"])
 
     def save_native(
         self, save_directory: str, label_names: list[str] | None = None, data_config: dict | None = None
@@ -293,6 +347,11 @@ class TimmSwinAdapter(TimmAdapter):
             handle.remove()
         return final, captured[-1].permute(0, 3, 1, 2)  # timm's PatchMerging is NHWC in and out
 
+    def _forward_to_stage(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        if stage == self.num_stages:
+            return super()._forward_to_stage(x, stage)
+        return _run_until(self.model.forward_features, x, self.stage_module(stage)).permute(0, 3, 1, 2)
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # transformers
@@ -375,7 +434,40 @@ class TransformersAdapter(ClassifierAdapter):
         self.check_stage(stage)
         return self._stage_list()[stage - 1]
 
-    def forward_features(self, x: torch.Tensor, stage: int | None = None) -> Features:
+    def _stage_output_is_map(self, stage: int) -> bool:
+        """Whether stage `stage`'s module returns its `hidden_states[stage]` map as a plain 4-D tensor (ResNet,
+        ConvNeXt, ...), so that a forward can stop there; read once from a tiny eval-mode forward."""
+        cache = self.__dict__.setdefault("_stage_is_map", {})
+        if stage not in cache:
+            seen = []
+            handle = self.stage_module(stage).register_forward_hook(lambda _m, _i, out: seen.append(out))
+            was_training = self.training
+            self.eval()
+            try:
+                with torch.no_grad():
+                    p = next(self.parameters())
+                    x = torch.zeros(1, 3, *self.input_size, device=p.device, dtype=p.dtype)
+                    full = self.forward_features(x, stage=stage).stage_map
+            finally:
+                handle.remove()
+                self.train(was_training)
+            out = seen[-1] if seen else None
+            cache[stage] = (
+                isinstance(out, torch.Tensor) and out.shape == full.shape and torch.equal(out, full)
+            )
+        return cache[stage]
+
+    def forward_features(
+        self, x: torch.Tensor, stage: int | None = None, *, stop_at_stage: bool = False
+    ) -> Features:
+        if stop_at_stage:
+            _check_stop(stage)
+            self.check_stage(stage)
+            if self._stage_output_is_map(stage):
+                run = lambda t: self.model(pixel_values=t, return_dict=True)  # noqa: E731
+                return Features(None, None, _run_until(run, x, self.stage_module(stage)))
+            # The stage's output is not the NCHW map itself (Swin: a tuple, reshaped by the model): run it all.
+            return Features(None, None, self.forward_features(x, stage=stage).stage_map)
         captured = {}
 
         def grab(_module, inputs):

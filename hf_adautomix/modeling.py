@@ -93,6 +93,16 @@ class MixupModel(nn.Module):
         self.eval_ema = False  # evaluate the teacher instead of the online classifier
         self.eval_mix_head = False  # evaluate the learned mixer's mix head instead of the model's own head
         self.last_terms: dict[str, torch.Tensor] = {}
+        # Per-pass backward (learned mixers): back-propagate each online-classifier pass inside the forward as soon
+        # as its loss is built, freeing its activations before the next pass (peak memory ≈ one pass instead of
+        # all of them; same gradients). `early_backward=False` keeps one graph for one backward of the total.
+        # `backward_fn` is installed by the trainer for the duration of one `training_step` (it scales like
+        # Trainer: 1/GA, through `accelerator.backward`); without it (a bare forward) there is one graph.
+        self.early_backward = True
+        self.backward_fn = None
+        # Under DDP the returned loss's graph must reach every trainable parameter (find_unused_parameters=False):
+        # set by the trainer; adds 0·Σp so that the parameters back-propagated early are reduced as well.
+        self.full_graph_loss = False
         if self.mixer.learned:
             self.mixer.attach(self.classifier, self.teacher)
 
@@ -119,14 +129,30 @@ class MixupModel(nn.Module):
         if self.training:
             if labels is None:
                 raise ValueError("Training needs `labels` in each batch (integer class ids).")
+            backward = self.backward_fn if self.early_backward and torch.is_grad_enabled() else None
             if self.mixer.learned:
+                kwargs = {"backward": backward} if backward is not None else {}
                 terms = self.mixer(
-                    pixel_values, labels, self.classifier, teacher=self.teacher, step=self.step_count
+                    pixel_values,
+                    labels,
+                    self.classifier,
+                    teacher=self.teacher,
+                    step=self.step_count,
+                    **kwargs,
                 )
             else:
+                backward = None
                 terms = self.mixer(pixel_values, labels, self.classifier)
             self.last_terms = {k: v.detach() for k, v in terms.items() if k != "loss"}
-            return {"loss": terms["loss"]}
+            loss = terms["loss"]
+            if backward is not None and self.full_graph_loss:
+                # DDP's autograd hooks are idle during its forward, so the early backwards only accumulate locally
+                # (as under `no_sync`); the backward of the returned loss then fires the hook of every parameter,
+                # and each is all-reduced once with its whole gradient. Adding exact zeros changes no value.
+                params = [p for p in self.parameters() if p.requires_grad]
+                if params:
+                    loss = loss + 0.0 * torch.stack([p.sum() for p in params]).sum().to(loss.dtype)
+            return {"loss": loss}
         model = self.teacher if self.eval_ema and self.teacher is not None else self.classifier
         if self.eval_mix_head:
             if not self.has_mix_head:

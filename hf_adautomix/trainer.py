@@ -317,9 +317,46 @@ class AdAutoMixTrainer(Trainer):
         return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        # Override: accumulate the mixer's named loss terms for logging and whether the loss stayed finite (for
+        # Override: (1) lend the model a backward for the learned mixers' per-pass backward (`MixupModel.
+        # early_backward`): scaled exactly as Trainer scales the loss it returns (1/GA unless already scaled,
+        # then `accelerator.backward`, hence the fp16 GradScaler), run with autocast off as Trainer's own backward
+        # is. Trainer then back-propagates what the forward returns (the rest of the graph) as usual. (2)
+        # Accumulate the mixer's named loss terms for logging and whether the loss stayed finite (for
         # `NonFiniteGuard`), all on the device, no sync.
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        from accelerate.utils import DistributedType
+        from transformers.trainer import is_sagemaker_mp_enabled
+        from transformers.training_args import OptimizerNames
+
+        wrapper = self.model
+        # Not with DataParallel (n_gpu > 1: the forward runs in replicas), LOMO (it steps inside backward),
+        # DeepSpeed or SageMaker MP (their own backward/step): one backward there, as before.
+        supported = (
+            self.args.n_gpu <= 1
+            and self.args.optim not in (OptimizerNames.LOMO, OptimizerNames.ADALOMO)
+            and self.accelerator.distributed_type != DistributedType.DEEPSPEED
+            and not is_sagemaker_mp_enabled()
+        )
+        if isinstance(wrapper, MixupModel) and wrapper.early_backward and supported:
+            scaled = getattr(self, "loss_is_scaled_for_ga", None)
+            if scaled is None:
+                scaled = (
+                    self.model_accepts_loss_kwargs and num_items_in_batch is not None
+                ) or self.compute_loss_func is not None
+            steps = self.current_gradient_accumulation_steps
+
+            def backward(loss):
+                if not scaled:
+                    loss = loss / steps
+                with torch.autocast(device_type=loss.device.type, enabled=False):
+                    self.accelerator.backward(loss)
+
+            wrapper.backward_fn = backward
+            wrapper.full_graph_loss = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+        try:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            if isinstance(wrapper, MixupModel):
+                wrapper.backward_fn = None
         self._loss_finite = self._loss_finite & torch.isfinite(loss).to(self._loss_finite.device)
         for k, v in self.model.last_terms.items():
             self._terms[k] = self._terms.get(k, 0.0) + v.float()

@@ -140,10 +140,17 @@ class AdAutoMix(_LearnedMixer):
         return l1 <= m or (1 - l1 <= m if lam_bb.numel() == 2 else l1 > 1 - m)
 
     # -- one iteration -----------------------------------------------------------------------------------------
-    def forward(self, x, y, classifier, *, teacher, step: int, keep_graph: bool = False):
+    def forward(self, x, y, classifier, *, teacher, step: int, keep_graph: bool = False, backward=None):
         """One iteration. `keep_graph` returns the loss terms with their autograd graphs, plus `loss_re` and both
         mask sets (`masks_bb`: the masks of the classifier's generated-mix input), so tests can check each term's
         gradient path (§12.2); the training step leaves it off.
+
+        `backward` (a callable on a scalar loss, e.g. the trainer's scaled `accelerator.backward`): back-propagate
+        each online-classifier pass's share of the total (weights (1 − α), α, 1) as soon as that pass's loss is
+        built, so its activations are freed before the next pass runs. The returned `loss` then carries the graph
+        of L_θ only (its value is still the total); the caller back-propagates it. The gradients are the total's
+        (the paths are disjoint, §2.4), up to the order of floating-point accumulation into `.grad`. Without it
+        (or with `keep_graph`), one graph for one backward of the total, as before.
 
         Released (§2.3): the classifier trains on the detached bb mixes of the image sets σ with λ^bb
         (L_gen = CE_λ^bb(h_mix_q(f_q(x̃^bb)); y[σ])), the vanilla mix L_van on the same σ, λ^bb; the generator on the
@@ -158,6 +165,7 @@ class AdAutoMix(_LearnedMixer):
         second (bb) generator call; σ and λ^bb are drawn (same RNG stream as released) but unused.
         """
         paper = self.variant == "paper"
+        early = backward is not None and not keep_graph and torch.is_grad_enabled()
         # Drawn on the CPU: the margin test reads λ without waiting for the device.
         p = self.sample(x.shape[0], "cpu")
         n, hit = p["n"], self.margin_hit(p["lam_mb" if paper else "lam_bb"])
@@ -170,8 +178,13 @@ class AdAutoMix(_LearnedMixer):
         # 1. Teacher clean pass, train mode as released (batch statistics, own BN buffers), no graph.
         teacher.train(True)
         with torch.no_grad():
-            feats = teacher.forward_features(x, stage=self.mix_layer)
-            ref_logits = head_k(feats.pooled)  # cosine references r_n = ref_logits[π_n] (shared pass, §9.1)
+            if self.separate_ref_passes and self.stop_teacher_early(teacher):
+                # The references come from their own passes: the clean pass needs only the tapped map.
+                feats = teacher.forward_features(x, stage=self.mix_layer, stop_at_stage=True)
+                ref_logits = None
+            else:
+                feats = teacher.forward_features(x, stage=self.mix_layer)
+                ref_logits = head_k(feats.pooled)  # cosine references r_n = ref_logits[π_n] (shared, §9.1)
         fmap = feats.stage_map
 
         # 2. Generator: mb with graph; released also bb, detached (made under no_grad, §9.2).
@@ -190,13 +203,23 @@ class AdAutoMix(_LearnedMixer):
             masks_bb = masks_mb
 
         # 3. Classifier (online, three passes with their own BN statistics).
+        # With `early`, each pass's loss is back-propagated (times its weight in the total) once built.
         loss_one = cross_entropy(classifier(x), y, eps)
         head_q = self.head_q(classifier)
         if n >= 3 or paper:
+            if early:
+                backward((1 - self.mce_weight) * loss_one)
+                loss_one = loss_one.detach()
             x_van = _mix(x, perms_c, lam_c.float().view(1, n, 1, 1).expand(x.shape[0], n, *size))
             loss_van = _mix_ce(head_q(classifier.forward_features(x_van).pooled), y, perms_c, lam_c, eps)
+            if early:
+                backward(self.mce_weight * loss_van)
+                loss_van = loss_van.detach()
             loss_re = (1 - self.mce_weight) * loss_one + self.mce_weight * loss_van
         else:
+            if early:
+                backward(loss_one)
+                loss_one = loss_one.detach()
             loss_van = torch.zeros((), device=x.device)
             loss_re = loss_one
 
@@ -205,6 +228,9 @@ class AdAutoMix(_LearnedMixer):
         # the generator (ascent on the online model's mixed CE). Released: the detached bb set.
         x_gen = GradReverse.apply(x_mb) if paper and not hit else x_bb
         loss_gen = _mix_ce(head_q(classifier.forward_features(x_gen).pooled), y, perms_c, lam_c, eps)
+        if early and x_gen is x_bb:  # paper: L_gen also reaches θ through the mb masks, so it waits for L_θ
+            backward(loss_gen)
+            loss_gen = loss_gen.detach()
 
         # 4. Teacher judges the mb mixes: graph to the input only (teacher weights are frozen).
         z = head_k(teacher.forward_features(x_mb).pooled)
@@ -233,6 +259,8 @@ class AdAutoMix(_LearnedMixer):
         # back-propagated: (L_gen + L_re) + L_θ, the same sum in the same order as released.
         loss_classifier = loss_gen + loss_re
         total = loss_classifier + loss_theta
+        if early:  # the same value; the graph of what is left to back-propagate (L_θ, and the paper's L_gen)
+            total = (loss_gen + loss_re.detach()) + loss_theta
         d = (lambda t: t) if keep_graph else torch.Tensor.detach
         out = {
             "loss": total,

@@ -95,7 +95,11 @@ class AutoMix(_LearnedMixer):
             label_smoothing=label_smoothing,
         )
 
-    def forward(self, x, y, classifier, *, teacher, step: int):
+    def forward(self, x, y, classifier, *, teacher, step: int, backward=None):
+        """One iteration (§7.1). `backward`: back-propagate each online-classifier pass's loss as soon as it is
+        built (activations freed early); the returned `loss` then carries only the generator's graph (value: the
+        total). Same gradients as one backward of the total, the paths being disjoint (see `AdAutoMix.forward`)."""
+        early = backward is not None and torch.is_grad_enabled()
         b, size, eps = x.shape[0], x.shape[-2:], self.label_smoothing
         g = self.beta((2,))
         lam_mb = torch.stack([g[0], 1 - g[0]]).to(x.device)
@@ -107,7 +111,9 @@ class AutoMix(_LearnedMixer):
 
         teacher.train(True)
         with torch.no_grad():
-            fmap = teacher.forward_features(x, stage=self.mix_layer).stage_map
+            # Only the tapped map is used: stop there where that is exact (`stop_teacher_early`).
+            stop = self.stop_teacher_early(teacher)
+            fmap = teacher.forward_features(x, stage=self.mix_layer, stop_at_stage=stop).stage_map
         masks_mb = self.generator(fmap[pi], lam_mb, size)
         with torch.no_grad():
             masks_bb = self.generator(fmap[sigma], lam_bb, size)
@@ -117,9 +123,15 @@ class AutoMix(_LearnedMixer):
             x_bb = _mix(x, sigma, masks_bb)
 
         loss_one = cross_entropy(classifier(x), y, eps)
+        if early:
+            backward(loss_one)
+            loss_one = loss_one.detach()
         loss_mix = _mix_ce(
             self.head_q(classifier)(classifier.forward_features(x_bb).pooled), y, sigma, lam_bb, eps
         )
+        if early:
+            backward(loss_mix)
+            loss_mix = loss_mix.detach()
         x_mb = _mix(x, pi, masks_mb)
         loss_k = _mix_ce(head_k(teacher.forward_features(x_mb).pooled), y, pi, lam_mb, eps)
         teacher.train(False)

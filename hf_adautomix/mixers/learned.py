@@ -40,6 +40,21 @@ def _mix_ce(logits: torch.Tensor, y: torch.Tensor, perms: torch.Tensor, lam: tor
     return sum(lam[n] * cross_entropy(logits, y[perms[n]], smoothing) for n in range(perms.shape[0]))
 
 
+def _train_forward_is_pure(model: nn.Module) -> bool:
+    """Whether a train-mode forward of `model` changes nothing but its output: no BatchNorm running statistics to
+    update and no dropout / drop-path / drop-block that draws random numbers. Only then may the teacher's clean
+    pass stop at the tapped stage without changing the teacher's buffers or the RNG stream (conservative: any
+    such module anywhere in the model counts, not only after the tapped stage)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+            return False
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+            return False
+        if any(float(getattr(m, a, 0.0) or 0.0) > 0 for a in ("drop_prob", "drop_rate", "drop_path_rate")):
+            return False
+    return True
+
+
 class _LearnedMixer(Mixer):
     """Shared machinery: mix head (+ its EMA copy), generator, the teacher's feature tap."""
 
@@ -70,6 +85,13 @@ class _LearnedMixer(Mixer):
         self.alpha = alpha
         self.lam_margin = lam_margin
         self.capture = False  # set by the trainer's callback when a PNG grid of this step's mixes is wanted
+        # Whether the teacher's clean feature pass may stop at the tapped stage when its logits are unused:
+        # "auto" only where that is exact (`_train_forward_is_pure`: no BN running statistics, no random
+        # draws, so the teacher's buffers and the RNG stream stay as they were), "always", or "never". With BN
+        # teachers (ResNets) "always" drops the clean batch from the later stages' running statistics of the
+        # teacher (what an EMA export evaluates with), so "auto" keeps the full pass there.
+        self.teacher_stop_early = "auto"
+        self._pure_teacher: dict[int, bool] = {}
         self.last_mix: dict[str, torch.Tensor] | None = None
 
     def attach(self, classifier, teacher) -> None:
@@ -80,6 +102,18 @@ class _LearnedMixer(Mixer):
 
     def generator_parameters(self):
         return list(self.generator.parameters())
+
+    def stop_teacher_early(self, teacher) -> bool:
+        """Whether the teacher's clean pass may end at the tapped stage (see `teacher_stop_early`)."""
+        if self.teacher_stop_early not in ("auto", "always", "never"):
+            raise ValueError(
+                f"teacher_stop_early must be auto, always or never; got '{self.teacher_stop_early}'."
+            )
+        if self.teacher_stop_early != "auto":
+            return self.teacher_stop_early == "always"
+        if id(teacher) not in self._pure_teacher:
+            self._pure_teacher[id(teacher)] = _train_forward_is_pure(teacher)
+        return self._pure_teacher[id(teacher)]
 
     def head_q(self, classifier):
         return self.mix_head if self.mix_head is not None else classifier.head
