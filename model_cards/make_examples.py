@@ -31,7 +31,7 @@ FAMILIES = {
     ],
     "swin": [
         "--model_type", "swin", "--config_overrides",
-        "image_size=32,patch_size=2,embed_dim=32,depths=[1,1,2,1],num_heads=[1,2,4,8],window_size=4",
+        "image_size=32,patch_size=2,embed_dim=32,depths=[1,1,2,1],num_heads=[1,2,4,8],window_size=2",
     ],
 }  # fmt: skip
 BUDGET = [
