@@ -8,6 +8,7 @@ in the model's own format. Each override below says why it exists.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -316,6 +317,19 @@ class AdAutoMixTrainer(Trainer):
         outputs = model(**inputs)
         return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
 
+    @functools.cached_property
+    def _per_pass_backward_supported(self) -> bool:
+        """Not with DataParallel (n_gpu > 1: the forward runs in replicas), LOMO (it steps inside backward) or
+        SageMaker MP (its own backward/step): one backward there, as before. DeepSpeed is refused at start-up."""
+        from transformers.trainer import is_sagemaker_mp_enabled
+        from transformers.training_args import OptimizerNames
+
+        return (
+            self.args.n_gpu <= 1
+            and self.args.optim not in (OptimizerNames.LOMO, OptimizerNames.ADALOMO)
+            and not is_sagemaker_mp_enabled()
+        )
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         # Override: (1) lend the model a backward for the learned mixers' per-pass backward (`MixupModel.
         # early_backward`): scaled exactly as Trainer scales the loss it returns (1/GA unless already scaled,
@@ -323,26 +337,10 @@ class AdAutoMixTrainer(Trainer):
         # is. Trainer then back-propagates what the forward returns (the rest of the graph) as usual. (2)
         # Accumulate the mixer's named loss terms for logging and whether the loss stayed finite (for
         # `NonFiniteGuard`), all on the device, no sync.
-        from accelerate.utils import DistributedType
-        from transformers.trainer import is_sagemaker_mp_enabled
-        from transformers.training_args import OptimizerNames
-
         wrapper = self.model
-        # Not with DataParallel (n_gpu > 1: the forward runs in replicas), LOMO (it steps inside backward),
-        # DeepSpeed or SageMaker MP (their own backward/step): one backward there, as before.
-        supported = (
-            self.args.n_gpu <= 1
-            and self.args.optim not in (OptimizerNames.LOMO, OptimizerNames.ADALOMO)
-            and self.accelerator.distributed_type != DistributedType.DEEPSPEED
-            and not is_sagemaker_mp_enabled()
-        )
-        if isinstance(wrapper, MixupModel) and wrapper.early_backward and supported:
-            scaled = getattr(self, "loss_is_scaled_for_ga", None)
-            if scaled is None:
-                scaled = (
-                    self.model_accepts_loss_kwargs and num_items_in_batch is not None
-                ) or self.compute_loss_func is not None
+        if isinstance(wrapper, MixupModel) and wrapper.early_backward and self._per_pass_backward_supported:
             steps = self.current_gradient_accumulation_steps
+            scaled = self.loss_is_scaled_for_ga  # False: our loss is a per-micro-batch mean (class attribute)
 
             def backward(loss):
                 if not scaled:

@@ -5,8 +5,8 @@ import pytest
 import torch
 from conftest import make_model
 from datasets import Dataset
+from test_trainer import targs
 from torch.nn import functional as F
-from transformers import TrainingArguments
 
 from hf_adautomix import AdAutoMixTrainer, MixupArguments, MixupModel
 from hf_adautomix.backbones import wrap_classifier
@@ -29,20 +29,8 @@ def tensor_dataset(n, seed=0):
 
 def make_trainer(tmp_path, **mixup):
     model, _ = make_model("hf_resnet", NUM_LABELS)
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=8,
-        per_device_eval_batch_size=8,  # one eval batch: the eval loss is that batch's mean
-        learning_rate=0.05,
-        optim="sgd",
-        max_steps=2,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        use_cpu=True,
-        seed=0,
-        dataloader_num_workers=0,
-    )
+    # one eval batch: the eval loss is that batch's mean
+    args = targs(tmp_path, per_device_train_batch_size=8, per_device_eval_batch_size=8, learning_rate=0.05)
     return AdAutoMixTrainer(
         model=model,
         args=args,
