@@ -48,6 +48,8 @@ __all__ = [
     "check_labels",
     "collate_fn",
     "compute_mean_std",
+    "InMemoryImages",
+    "in_memory_tensors",
     "decode_image",
     "error_summary",
     "load_digits_dataset",
@@ -786,7 +788,8 @@ def check_labels(
     works on raw datasets and on ones `apply_transforms` has already set up.
 
     Args:
-        dataset: a `datasets.Dataset`. For another dataset (e.g. a torch `Dataset`) only emptiness is checked.
+        dataset: a `datasets.Dataset` or an `InMemoryImages`. For another dataset (e.g. a torch `Dataset`) only
+            emptiness is checked.
         label_column: the label column; if absent or None, the first of "label", "labels", "fine_label" present.
             A dataset with a `with_transform` and none of these columns is not checked further.
         num_labels: the model's number of classes; None skips the upper bound.
@@ -795,22 +798,25 @@ def check_labels(
     Raises:
         ValueError: for an empty dataset, missing, string or non-integer labels, or ids outside 0..num_labels-1.
     """
-    if not isinstance(dataset, datasets.Dataset):
-        if hasattr(dataset, "__len__") and len(dataset) == 0:
-            raise ValueError(f"The '{split}' dataset is empty: it has no rows.")
-        return
-    if len(dataset) == 0:
+    if hasattr(dataset, "__len__") and len(dataset) == 0:
         raise ValueError(f"The '{split}' dataset is empty: it has no rows.")
-    candidates = (label_column, *LABEL_COLUMN_CANDIDATES)
-    column = next((c for c in candidates if c is not None and c in dataset.column_names), None)
-    if column is None:
-        if dataset.format["type"] == "custom":  # its transform makes the labels; they cannot be read cheaply
-            return
-        raise ValueError(
-            f"The '{split}' dataset has no label column: none of {[c for c in candidates if c]} is among its "
-            f"columns {dataset.column_names}."
-        )
-    labels = _label_array(dataset, column)
+    if isinstance(dataset, InMemoryImages):
+        labels, column = pa.array(dataset.labels.numpy()), dataset.label_column
+    elif not isinstance(dataset, datasets.Dataset):
+        return
+    else:
+        candidates = (label_column, *LABEL_COLUMN_CANDIDATES)
+        column = next((c for c in candidates if c is not None and c in dataset.column_names), None)
+        if column is None:
+            if (
+                dataset.format["type"] == "custom"
+            ):  # its transform makes the labels; they cannot be read cheaply
+                return
+            raise ValueError(
+                f"The '{split}' dataset has no label column: none of {[c for c in candidates if c]} is among its "
+                f"columns {dataset.column_names}."
+            )
+        labels = _label_array(dataset, column)
     where = f"The label column {column!r} of the '{split}' dataset"
     if labels.null_count:
         raise ValueError(f"{where} has {labels.null_count} row(s) without a label; every row needs a label.")
@@ -862,25 +868,41 @@ def check_images(
     Raises:
         ValueError: naming up to 10 undecodable images (file, else row) and how many there are.
     """
+    if isinstance(dataset, InMemoryImages):
+        return  # decoded (and so checked) when it was made
     column = _find_column(dataset, image_column, IMAGE_COLUMN_CANDIDATES, "image", split)
+    _decode_all(dataset, column, split, batch_size=batch_size)
+
+
+def _decode_all(
+    dataset: datasets.Dataset, column: str, split: str, keep=None, batch_size: int = 1000
+) -> list[int]:
+    """Decodes every image of `dataset` (`decode_image`), hands each to `keep(position, image)` if given, and
+    raises one error naming all the undecodable ones (`check_images`). Returns each row's `ROW_COLUMN` value (its
+    position when there is no such column)."""
     raw = dataset.with_format(None).select_columns(
         [c for c in (column, ROW_COLUMN) if c in dataset.column_names]
     )
     if isinstance(raw.features[column], datasets.Image):
         raw = raw.cast_column(column, datasets.Image(decode=False))
-    failures, bombs = [], False
-    with hf_tqdm(total=len(raw), desc=f"Checking the {split} images", unit=" images") as progress:
+    failures, bombs, all_rows = [], False, []
+    desc = f"{'Decoding' if keep else 'Checking'} the {split} images"
+    with hf_tqdm(total=len(raw), desc=desc, unit=" images") as progress:
         for start, batch in zip(range(0, len(raw), batch_size), raw.iter(batch_size=batch_size)):
             rows = batch.get(ROW_COLUMN) or range(start, start + len(batch[column]))
-            for value, row in zip(batch[column], rows):
+            for position, (value, row) in enumerate(zip(batch[column], rows), start):
+                all_rows.append(row)
                 try:
-                    decode_image(value, row)
+                    image = decode_image(value, row)
                 except ValueError as err:
                     cause = err.__cause__
                     if isinstance(value, (str, os.PathLike)):
                         value = {"path": os.fspath(value), "bytes": None}
                     failures.append(f"{_image_where(value, row).removeprefix('at ')} ({_reason(cause)})")
                     bombs |= isinstance(cause, PIL.Image.DecompressionBombError)
+                    continue
+                if keep is not None:
+                    keep(position, image)
             progress.update(len(batch[column]))
     if failures:
         more = f"; and {len(failures) - MAX_LISTED} more" if len(failures) > MAX_LISTED else ""
@@ -889,6 +911,7 @@ def check_images(
             f"decoded: {'; '.join(failures[:MAX_LISTED])}{more}. Remove or replace these images."
             + (f" {_BOMB_HINT}" if bombs else "")
         )
+    return all_rows
 
 
 def error_summary(err: BaseException) -> str:
@@ -1455,7 +1478,15 @@ def build_transforms(
                 fill=fill,
             ),
         ]
-    return v2.Compose([v2.ToImage(), *train, *finish]), v2.Compose([v2.ToImage(), *evaluation, *finish])
+    train_tf = v2.Compose([v2.ToImage(), *train, *finish])
+    eval_tf = v2.Compose([v2.ToImage(), *evaluation, *finish])
+    # What `apply_transforms` can run on whole batches of images decoded once: square resize (per image, once),
+    # then the CIFAR crop and flip drawn per row, then float + normalise.
+    if crop_pct is None and (recipe == "none" or (recipe == "cifar" and rand_augment is None)):
+        prepare, cifar = v2.Compose([v2.ToImage(), square]), recipe == "cifar"
+        eval_tf.batch_plan = _BatchPlan(prepare, 0, False, tuple(mean), tuple(std))
+        train_tf.batch_plan = _BatchPlan(prepare, 4 if cifar else 0, cifar, tuple(mean), tuple(std))
+    return train_tf, eval_tf
 
 
 class _CenterCrop(torch.nn.Module):
@@ -1476,6 +1507,180 @@ class _CenterCrop(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"size={self.size}"
+
+
+@dataclass(frozen=True)
+class _BatchPlan:
+    """A `build_transforms` transform split for whole batches: `prepare` (ToImage and the square resize,
+    deterministic: run once per image), then a crop of a `padding`-reflect-padded image at a random offset and a
+    random horizontal flip (`v2.RandomCrop` and `v2.RandomHorizontalFlip`, the same draws in the same order), then
+    float in [0, 1] and `Normalize(mean, std)`."""
+
+    prepare: v2.Compose
+    padding: int
+    flip: bool
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+# Largest split `apply_transforms` decodes into memory (uint8, 3 x size x size per image): 2 GiB is CIFAR-10's
+# training set 13 times over.
+DECODE_ONCE_MAX_BYTES = 2 * 2**30
+
+
+class InMemoryImages(torch.utils.data.Dataset):
+    """A split held in memory as one tensor, fetched (and augmented) a batch at a time; rows are
+    `{"pixel_values", "labels"}`. Either images decoded once into uint8 and a `_BatchPlan` (`apply_transforms`), or
+    ready `pixel_values` with no plan (`in_memory_tensors`).
+
+    `apply_transforms` makes one for small-image recipes ("cifar" without RandAugment, "none"): decoding and
+    resizing every image at every epoch, one image at a time, would cost more than a CIFAR step of a small model.
+    The DataLoader fetches a batch through `__getitems__`: one gather, one reflect pad, one indexed crop+flip and
+    one normalisation for the whole batch. Each row draws its crop offset and flip exactly as the per-image
+    transform would (seeded per (seed, epoch, row) as in `_BatchTransform`, else from the global RNG), so the
+    pixels are the same as with `with_transform` (tested), and exact resume holds.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        rows: torch.Tensor,
+        plan: _BatchPlan | None,
+        label_column: str = "labels",
+        label_feature: datasets.ClassLabel | None = None,
+    ):
+        self.images, self.labels, self.rows, self.plan = images, labels, rows, plan
+        self.label_column = label_column  # the source's, for `check_labels`' messages
+        # The source's label feature, where class names are read (model card, exported id2label).
+        self.features = datasets.Features({label_column: label_feature} if label_feature is not None else {})
+        self.seed: int | None = None
+        self.epoch = 0
+        self._generator = torch.Generator()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"Row {index} is out of range for {len(self)} rows.")
+        return self.__getitems__([index % len(self)])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        pixels, plan = self.images[index], self.plan
+        if plan is not None:
+            if plan.padding or plan.flip:
+                pixels = self._crop_flip(pixels, self.rows[index].tolist())
+            pixels = v2.functional.normalize(
+                v2.functional.to_dtype(pixels, torch.float32, scale=True), list(plan.mean), list(plan.std)
+            )
+        return [{"pixel_values": x, "labels": y} for x, y in zip(pixels, self.labels[index].tolist())]
+
+    def _draw(self, row: int) -> tuple[int, int, bool]:
+        """One row's (top, left, flip), drawn as `v2.RandomCrop` then `v2.RandomHorizontalFlip` draw them."""
+        plan, generator = self.plan, None
+        if self.seed is not None:
+            generator = self._generator
+            generator.manual_seed(hash((self.seed, self.epoch, int(row))) & 0x7FFF_FFFF_FFFF_FFFF)
+        top = left = 0
+        if plan.padding:
+            top = int(torch.randint(0, 2 * plan.padding + 1, size=(), generator=generator))
+            left = int(torch.randint(0, 2 * plan.padding + 1, size=(), generator=generator))
+        flip = plan.flip and bool(torch.rand(1, generator=generator) < 0.5)
+        return top, left, flip
+
+    def _crop_flip(self, images: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """Crops each image at its drawn offset in its reflect-padded copy, flipped if drawn: one gather, the
+        padding folded into the indices (reflect: -1 -> 1, size -> size - 2)."""
+        pad, (height, width) = self.plan.padding, images.shape[-2:]
+        top, left, flip = (
+            torch.tensor([self._draw(row) for row in rows], dtype=torch.long).view(-1, 3).unbind(1)
+        )
+
+        def reflect(i: torch.Tensor, size: int) -> torch.Tensor:
+            return (size - 1) - ((size - 1) - i.abs()).abs()
+
+        ys = reflect(top[:, None] + torch.arange(height) - pad, height)
+        xs = torch.arange(width).expand(len(rows), -1)
+        xs = reflect(left[:, None] + torch.where(flip[:, None].bool(), width - 1 - xs, xs) - pad, width)
+        batch = torch.arange(len(rows))[:, None, None, None]
+        channel = torch.arange(images.shape[1])[None, :, None, None]
+        return images[batch, channel, ys[:, None, :, None], xs[:, None, None, :]]
+
+
+def _decode_once(ds: datasets.Dataset, column: str, label_column: str, plan: _BatchPlan, split: str):
+    """`InMemoryImages` of a raw split, or None when it would take more than `DECODE_ONCE_MAX_BYTES`."""
+    size = plan.prepare.transforms[-1].size
+    need = len(ds) * 3 * size[0] * size[1]
+    if need > DECODE_ONCE_MAX_BYTES:
+        logger.info(
+            "The %s split would take %.1f GiB decoded; decoding it one image at a time instead.",
+            split,
+            need / 2**30,
+        )
+        return None
+    labels = np.asarray(ds.with_format("numpy")[label_column])
+    if not np.issubdtype(labels.dtype, np.integer):
+        return None  # `collate_fn` names the offending label
+    images = torch.empty((len(ds), 3, *size), dtype=torch.uint8)
+
+    def keep(i: int, image: PIL.Image.Image) -> None:
+        if image.size == (size[1], size[0]):  # what `prepare` gives (its resize is then a no-op), 20x faster
+            images[i].copy_(torch.from_numpy(np.array(image)).permute(2, 0, 1))
+        else:
+            images[i].copy_(plan.prepare(image))
+
+    rows = _decode_all(ds, column, split, keep=keep)
+    labels, rows = torch.as_tensor(labels, dtype=torch.long), torch.as_tensor(rows, dtype=torch.long)
+    return InMemoryImages(images, labels, rows, plan, label_column, ds.features[label_column])
+
+
+def in_memory_tensors(ds) -> InMemoryImages | None:
+    """The `pixel_values` and `labels` of an already transformed `datasets.Dataset` as one in-memory float32
+    tensor and one label tensor, or None when that does not apply (another kind of dataset, a `with_transform`,
+    ragged or non-float pixel values, non-integer labels, more than `DECODE_ONCE_MAX_BYTES` of float32).
+
+    `datasets` formats a batch of nested-list pixel values row by row and value by value (its torch formatter took
+    0.6 of a small CIFAR model's step per batch): read once from Arrow, the DataLoader's batch fetch is one gather.
+    Floats come out as float32, as `datasets`' torch formatter gives them.
+    """
+    if not isinstance(ds, datasets.Dataset) or not {"pixel_values", "labels"} <= set(ds.column_names):
+        return None
+    if ds.format["type"] not in (None, "numpy", "torch", "python") or ds.format["format_kwargs"]:
+        return None  # a with_transform, or format options we would not reproduce
+    if ds.format["columns"] is not None and not {"pixel_values", "labels"} <= set(ds.format["columns"]):
+        return None
+    values = ds.with_format("arrow")[:].column("pixel_values").combine_chunks()
+    shape = []
+    while True:
+        if isinstance(values.type, pa.ExtensionType):
+            values = values.storage
+        elif (
+            pa.types.is_list(values.type)
+            or pa.types.is_large_list(values.type)
+            or pa.types.is_fixed_size_list(values.type)
+        ):
+            lengths = values.value_lengths()
+            if values.null_count or pc.min(lengths).as_py() != pc.max(lengths).as_py():
+                return None
+            shape.append(pc.min(lengths).as_py())
+            values = values.flatten()
+        else:
+            break
+    if not pa.types.is_floating(values.type) or values.null_count or len(shape) != 3:
+        return None
+    if len(values) * 4 > DECODE_ONCE_MAX_BYTES:
+        return None
+    labels = np.asarray(ds.with_format("numpy")["labels"])
+    if not np.issubdtype(labels.dtype, np.integer):
+        return None
+    images = torch.from_numpy(
+        values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(ds), *shape)
+    )
+    rows = torch.arange(len(ds))
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    return InMemoryImages(images, labels, rows, None, "labels", ds.features["labels"])
 
 
 class _BatchTransform:
@@ -1516,34 +1721,48 @@ class _BatchTransform:
 def set_augmentation_epoch(dataset, seed: int | None, epoch: int) -> bool:
     """Seeds the per-image augmentation of a dataset made by `apply_transforms` for `epoch` (see
     `_BatchTransform`); `seed=None` goes back to the global RNG. Returns False for any other dataset."""
-    transform = getattr(dataset, "_format_kwargs", {}).get("transform")
-    if not isinstance(transform, _BatchTransform):
+    target = (
+        dataset
+        if isinstance(dataset, InMemoryImages)
+        else getattr(dataset, "_format_kwargs", {}).get("transform")
+    )
+    if not isinstance(target, (_BatchTransform, InMemoryImages)):
         return False
-    transform.seed, transform.epoch = seed, epoch
+    target.seed, target.epoch = seed, epoch
     return True
 
 
-def apply_transforms(image_data: ImageData, train_tf, eval_tf) -> ImageData:
-    """Sets on-the-fly transforms: each row of the returned splits is `{"pixel_values", "labels"}`.
+def apply_transforms(image_data: ImageData, train_tf, eval_tf, decode_once: bool = True) -> ImageData:
+    """Makes each row of the splits `{"pixel_values", "labels"}`, transformed by `train_tf` / `eval_tf`.
 
-    Images are decoded here (not by `datasets`) so that an undecodable one raises a ValueError naming its file
-    or row. Train with `remove_unused_columns=False`: Trainer would otherwise drop the image column before the
-    transform sees it.
+    Small-image transforms of `build_transforms` ("cifar" without RandAugment, "none") run on batches: each split
+    is decoded once into memory (`InMemoryImages`, uint8; up to `DECODE_ONCE_MAX_BYTES`), which also checks every
+    image up front. Other transforms run on the fly, an image at a time (`with_transform`). Either way images are
+    decoded by us (not by `datasets`) so that an undecodable one raises a ValueError naming its file or row. Train
+    with `remove_unused_columns=False`: Trainer would otherwise drop the image column before the transform sees it.
+
+    Args:
+        decode_once: False keeps every split on the per-image path.
 
     Returns:
         A copy of `image_data` whose `train` uses `train_tf` and `validation` uses `eval_tf`.
     """
     image_col, label_col = image_data.image_column, image_data.label_column
 
-    def with_tf(ds: datasets.Dataset, tf) -> datasets.Dataset:
+    def with_tf(ds: datasets.Dataset, tf, split: str):
+        plan = getattr(tf, "batch_plan", None)
+        if decode_once and plan is not None:
+            decoded = _decode_once(ds, image_col, label_col, plan, split)
+            if decoded is not None:
+                return decoded
         columns = [c for c in (image_col, label_col, ROW_COLUMN) if c in ds.column_names]
         raw = ds.cast_column(image_col, datasets.Image(decode=False))
         return raw.with_transform(_BatchTransform(tf, image_col, label_col), columns=columns)
 
     return replace(
         image_data,
-        train=with_tf(image_data.train, train_tf),
-        validation=with_tf(image_data.validation, eval_tf),
+        train=with_tf(image_data.train, train_tf, "train"),
+        validation=with_tf(image_data.validation, eval_tf, "validation"),
     )
 
 

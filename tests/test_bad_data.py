@@ -17,6 +17,7 @@ from hf_adautomix.backbones import parse_config_overrides
 from hf_adautomix.data import (
     DataTrainingArguments,
     ImageData,
+    InMemoryImages,
     apply_transforms,
     build_transforms,
     check_images,
@@ -60,11 +61,12 @@ def dataset(labels, label_feature=None, images=None):
     )
 
 
-def transformed(ds):
+def transformed(ds, decode_once=False):
     """`ds` after `apply_transforms`, as the trainer gets it: rows are {"pixel_values", "labels"}."""
     names = ds.features["label"].names if isinstance(ds.features["label"], datasets.ClassLabel) else CLASSES
     data = ImageData(ds, ds, "image", "label", list(names), "test")
-    return apply_transforms(data, *build_transforms("none", 8, (0, 0, 0), (1, 1, 1))).validation
+    transforms = build_transforms("none", 8, (0, 0, 0), (1, 1, 1))
+    return apply_transforms(data, *transforms, decode_once=decode_once).validation
 
 
 def write_image_folder(root, classes, n=3, broken=None):
@@ -232,8 +234,10 @@ class TestCheckLabels:
         with pytest.raises(ValueError, match=r"has 1 row\(s\) without a label"):
             check_labels(dataset([0, None, 1]), "label", num_labels=2)
 
-    def test_after_apply_transforms_reads_the_label_column(self):
-        ds = transformed(dataset([0, 1, 2, 1], datasets.ClassLabel(names=["a", "b", "c"])))
+    @pytest.mark.parametrize("decode_once", [False, True])
+    def test_after_apply_transforms_reads_the_label_column(self, decode_once):
+        ds = transformed(dataset([0, 1, 2, 1], datasets.ClassLabel(names=["a", "b", "c"])), decode_once)
+        assert isinstance(ds, InMemoryImages) == decode_once
         assert set(ds[0]) == {"pixel_values", "labels"}
         check_labels(ds, "labels", num_labels=3)
         with pytest.raises(ValueError, match=r"column 'label' of the 'eval' dataset has 1 row\(s\).*: \[2\]"):
@@ -336,10 +340,13 @@ class TestCheckImages:
         rows[4] = {"bytes": b"junk", "path": "four.png"}
         dataset([0, 1] * 3, images=rows).to_parquet(tmp_path / "t.parquet")
         data = load(tmp_path, train_file=str(tmp_path / "t.parquet"), train_val_split=0.5)
-        data = apply_transforms(data, *build_transforms("none", 8, (0, 0, 0), (1, 1, 1)))
+        transforms = build_transforms("none", 8, (0, 0, 0), (1, 1, 1))
+        per_image = apply_transforms(data, *transforms, decode_once=False)
         with pytest.raises(ValueError, match=r"could not be decoded: row 4 \('four.png'\) \(Unidentified"):
-            for ds in (data.train, data.validation):
+            for ds in (per_image.train, per_image.validation):
                 check_images(ds)
+        with pytest.raises(ValueError, match=r"could not be decoded: row 4 \('four.png'\) \(Unidentified"):
+            apply_transforms(data, *transforms)  # decoding once checks every image up front
 
     def test_string_path_column(self, tmp_path):
         image().save(tmp_path / "ok.png")

@@ -242,10 +242,16 @@ class TestImageFolder:
 
     def test_corrupt_file_is_named(self, corrupt_folder, tmp_path):
         data = load(train_dir=str(corrupt_folder), train_val_split=0.5, cache_dir=str(tmp_path))
-        data = apply_transforms(data, *build_transforms("none", 12, (0, 0, 0), (1, 1, 1)))
-        rows = [data.train, data.validation]
+        transforms = build_transforms("none", 12, (0, 0, 0), (1, 1, 1))
+        per_image = apply_transforms(data, *transforms, decode_once=False)
+        rows = [per_image.train, per_image.validation]
         with pytest.raises(ValueError, match="Could not decode image file '.*broken.png'"):
             [ds[i] for ds in rows for i in range(len(ds))]
+        # Decoding once finds it up front.
+        with pytest.raises(
+            ValueError, match="1 of the . images .* could not be decoded: file '.*broken.png'"
+        ):
+            apply_transforms(data, *transforms)
 
     def test_empty_dir(self, tmp_path):
         with pytest.raises(
@@ -284,9 +290,12 @@ class TestParquetFiles:
             tmp_path / "t.parquet"
         )
         data = load(train_file=str(tmp_path / "t.parquet"), cache_dir=str(tmp_path / "cache"))
-        data = apply_transforms(data, *build_transforms("none", 12, (0, 0, 0), (1, 1, 1)))
+        transforms = build_transforms("none", 12, (0, 0, 0), (1, 1, 1))
+        per_image = apply_transforms(data, *transforms, decode_once=False)
         with pytest.raises(ValueError, match="Could not decode image at row 2: UnidentifiedImageError"):
-            [ds[i] for ds in (data.train, data.validation) for i in range(len(ds))]
+            [ds[i] for ds in (per_image.train, per_image.validation) for i in range(len(ds))]
+        with pytest.raises(ValueError, match=r"could not be decoded: row 2 \(UnidentifiedImageError"):
+            apply_transforms(data, *transforms)
 
 
 class TestColumnsAndLabels:
