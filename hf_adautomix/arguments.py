@@ -273,6 +273,23 @@ class MixupArguments:
         },
     )
 
+    # Evaluation ----------------------------------------------------------------------------------------------------
+    eval_robustness: bool = field(
+        default=False,
+        metadata={
+            "help": "At every evaluation, also measure the online model and the EMA teacher on a fixed subset of the "
+            "eval set (the first --eval_robustness_samples rows): top-1 under gaussian_noise, defocus_blur and "
+            "contrast at severity 3 (CIFAR-C parameters for images of at most 64 px, else ImageNet-C's) and their "
+            "mean, FGSM error at 8/255 and top-1 with half of the image dropped in 16x16 patches "
+            "(eval_robust_* and eval_ema_robust_*). Costs six forward passes and one backward of the subset per "
+            "model; needs imagecorruptions-imaug."
+        },
+    )
+    eval_robustness_samples: int = field(
+        default=500,
+        metadata={"help": "Size of the --eval_robustness subset (the first rows of the eval set)."},
+    )
+
     channels_last: bool = field(
         default=False, metadata={"help": "Train with channels-last weights and inputs."}
     )
@@ -303,6 +320,8 @@ class MixupArguments:
                 raise ValueError(bad_choice_message(f"--{name}", getattr(self, name), choices, what))
         if self.mix_alpha is not None and self.mix_alpha <= 0:
             raise ValueError(f"--mix_alpha must be > 0, got {self.mix_alpha}.")
+        if self.eval_robustness_samples < 1:
+            raise ValueError(f"--eval_robustness_samples must be >= 1, got {self.eval_robustness_samples}.")
         if self.mix_num < 2:
             raise ValueError(f"--mix_num must be >= 2, got {self.mix_num}.")
         if not 0 <= self.mce_weight <= 1 or not 0 <= self.adv_weight <= 1:

@@ -144,6 +144,8 @@ _FREE_TO_CHANGE = {
     "eval_on_start",
     "local_rank",
     "save_mix_every",
+    "eval_robustness",
+    "eval_robustness_samples",
     "skip_memory_metrics",
     "trackio_space_id",
     "trackio_bucket_id",

@@ -52,10 +52,17 @@ class EMACallback(TrainerCallback):
 
 
 class MixGridCallback(TrainerCallback):
-    """Saves a PNG grid of source images and generated mixes every `save_mix_every` steps and at the end."""
+    """Saves a PNG grid of source images and generated mixes every `save_mix_every` steps and at the end, and logs
+    the same image to TensorBoard (tag `mixed_samples`) when `report_to` includes it.
 
-    def __init__(self, every: int, mean, std):
-        self.every, self.mean, self.std = every, mean, std
+    Args:
+        every: steps between grids (0: at the end only).
+        mean / std: the input normalisation, undone for the pictures.
+        callback_handler: the trainer's, to find the `TensorBoardCallback`'s writer (created at train begin).
+    """
+
+    def __init__(self, every: int, mean, std, callback_handler):
+        self.every, self.mean, self.std, self.callback_handler = every, mean, std, callback_handler
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         last = state.global_step + 1 >= state.max_steps
@@ -64,10 +71,16 @@ class MixGridCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         mixer = model.mixer
         if mixer.capture and mixer.last_mix is not None and state.is_world_process_zero:
+            from transformers.integrations import TensorBoardCallback
+
             from .visualize import save_mix_grid
 
             path = os.path.join(args.output_dir, "mixed_samples", f"step_{state.global_step:06d}.png")
-            save_mix_grid(mixer.last_mix, path, mean=self.mean, std=self.std)
+            grid = save_mix_grid(mixer.last_mix, path, mean=self.mean, std=self.std)
+            for callback in self.callback_handler.callbacks:
+                if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
+                    callback.tb_writer.add_image("mixed_samples", grid, state.global_step, dataformats="HWC")
+                    callback.tb_writer.flush()
         mixer.capture, mixer.last_mix = False, None
 
 
@@ -255,6 +268,8 @@ class AdAutoMixTrainer(Trainer):
                 train_dataset, eval_dataset, wrapper, args.seed
             )
             self.transform_info = self.transform_info or info
+        if mixup_args.eval_robustness:
+            _check_eval_robustness(eval_dataset, self.transform_info)
         if self.transform_info is not None and hasattr(wrapper.mixer, "image_mean"):
             # PuzzleMix undoes the input normalisation for its smoothness term.
             wrapper.mixer.image_mean.copy_(torch.tensor(self.transform_info.mean).view(1, -1, 1, 1))
@@ -270,6 +285,7 @@ class AdAutoMixTrainer(Trainer):
         )
         self._terms: dict[str, torch.Tensor] = {}
         self._terms_count = 0
+        self._robustness_subset = None  # --eval_robustness: built at the first evaluation, then reused
         # What the model card says about the data and the base model (`create_model_card` arguments win).
         self.card_info: dict = {}
         self.add_callback(EMACallback())
@@ -287,7 +303,10 @@ class AdAutoMixTrainer(Trainer):
             info = self.transform_info
             self.add_callback(
                 MixGridCallback(
-                    mixup_args.save_mix_every, getattr(info, "mean", None), getattr(info, "std", None)
+                    mixup_args.save_mix_every,
+                    getattr(info, "mean", None),
+                    getattr(info, "std", None),
+                    self.callback_handler,
                 )
             )
         if wrapper.teacher is not None:
@@ -457,9 +476,11 @@ class AdAutoMixTrainer(Trainer):
         # Override: report the online model as eval_* and the EMA teacher as eval_ema_*; with a learned mixer's
         # own mix head, also that head of each, as eval_mix_head_* and eval_ema_mix_head_* (the release's four
         # heads one_q / one_k / mix_q / mix_k, reference §8). Model first, then head, so that every teacher metric
-        # starts with eval_ema_ and the unqualified names stay the exported (clean) head's. Evaluation leaves the
-        # RNG as it found it (creating a DataLoader iterator draws from it), so the training draws after an
-        # evaluation are those of a run resumed from a checkpoint saved before it.
+        # starts with eval_ema_ and the unqualified names stay the exported (clean) head's. With --eval_robustness,
+        # the online model and the teacher on the trainer's eval set are also measured on a fixed subset
+        # (`_robustness_metrics`), logged as one more entry. Evaluation leaves the RNG as it found it (creating a
+        # DataLoader iterator draws from it), so the training draws after an evaluation are those of a run resumed
+        # from a checkpoint saved before it.
         model = self.model
         runs = [(False, False, "")]
         if model.teacher is not None:
@@ -477,6 +498,47 @@ class AdAutoMixTrainer(Trainer):
                     metrics.update(super().evaluate(eval_dataset, ignore_keys, metric_key_prefix + suffix))
                 finally:
                     model.eval_ema = model.eval_mix_head = False
+            if self.mixup_args.eval_robustness and eval_dataset is None:
+                robust = self._robustness_metrics(metric_key_prefix)
+                self.log(robust)
+                metrics.update(robust)
+        return metrics
+
+    def _robustness_metrics(self, prefix: str) -> dict[str, float]:
+        """--eval_robustness: `evaluation.robustness_metrics` of the online model and the EMA teacher on the first
+        `eval_robustness_samples` rows of the eval set (of the first one, if several), corrupted and occluded once
+        (seed 0, the same images in every evaluation and every run)."""
+        from .evaluation.robustness import robustness_metrics, robustness_subset
+
+        if self._robustness_subset is None:
+            evals = self.eval_dataset
+            dataset = next(iter(evals.values())) if isinstance(evals, dict) else evals
+            rows = [dataset[i] for i in range(min(self.mixup_args.eval_robustness_samples, len(dataset)))]
+            batch = self.data_collator(rows)
+            info = self.transform_info
+            self._robustness_subset = robustness_subset(
+                batch["pixel_values"], batch["labels"], info.mean, info.std
+            )
+        model, was_training = self.model, self.model.training
+        model.eval()
+        metrics = {}
+        try:
+            for adapter, name in ((model.classifier, prefix), (model.teacher, f"{prefix}_ema")):
+                if adapter is not None:
+                    found = robustness_metrics(
+                        adapter, self._robustness_subset, batch_size=self.args.per_device_eval_batch_size
+                    )
+                    metrics.update({f"{name}_{k}": v for k, v in found.items()})
+        finally:
+            model.train(was_training)
+        if self.args.world_size > 1:
+            # Every rank computed the same subset; GPU kernels may still differ in the last bits of FGSM's gradient.
+            # Rank 0's numbers for all, so that every rank takes the same best-model decisions.
+            from accelerate.utils import broadcast
+
+            values = torch.tensor(list(metrics.values()), dtype=torch.float64, device=self.args.device)
+            values = broadcast(values, from_process=0)
+            metrics = dict(zip(metrics, values.tolist()))
         return metrics
 
     # -- saving ----------------------------------------------------------------------------------------------
@@ -885,6 +947,23 @@ def _refuse_sharded_training(args: TrainingArguments) -> None:
         )
 
 
+def _check_eval_robustness(eval_dataset, transform_info) -> None:
+    """--eval_robustness needs the eval set, its normalisation (to get pixels back) and `imagecorruptions`."""
+    if eval_dataset is None:
+        raise ValueError(
+            "--eval_robustness needs an eval dataset (its first --eval_robustness_samples rows are corrupted and "
+            "attacked); pass eval_dataset= (or give the script validation data), or drop --eval_robustness."
+        )
+    if transform_info is None:
+        raise ValueError(
+            "--eval_robustness needs the eval data's mean/std to get pixels back from pixel_values; pass "
+            "transform_info= (data.TransformInfo) with datasets that already yield pixel_values."
+        )
+    from .evaluation.robustness import _imagecorruptions
+
+    _imagecorruptions()  # raises an ImportError that says what to install
+
+
 def _auto_transform(train, evaluation, wrapper: MixupModel, seed: int):
     """Apply the transforms `data.resolve_transforms` decides (the CLI's decision: the data's size unless the
     model needs one, a pretrained model's mean/std) to raw image datasets (image + label columns); datasets that
@@ -907,9 +986,16 @@ def _auto_transform(train, evaluation, wrapper: MixupModel, seed: int):
     def is_raw(ds) -> bool:  # a `datasets` image dataset that does not yet yield pixel_values
         return isinstance(ds, datasets.Dataset) and "pixel_values" not in ds[0]
 
+    def in_memory(ds):
+        """Ready pixel_values, read once from Arrow rather than formatted row by row at every batch."""
+        fast = data_lib.in_memory_tensors(ds)
+        return ds if fast is None else fast
+
     raw = [ds for ds in (train, evaluation) if is_raw(ds)]
     if not raw:
-        return train, evaluation, None
+        if isinstance(evaluation, dict):
+            return in_memory(train), {k: in_memory(v) for k, v in evaluation.items()}, None
+        return in_memory(train), in_memory(evaluation), None
     first = raw[0]
     image_col = data_lib._find_column(first, None, data_lib.IMAGE_COLUMN_CANDIDATES, "image", "train")
     label_col = data_lib._find_column(first, None, data_lib.LABEL_COLUMN_CANDIDATES, "label", "train")

@@ -10,6 +10,7 @@ import struct
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from transformers import TrainerCallback
 
@@ -22,16 +23,28 @@ def denormalize(x: torch.Tensor, mean: Sequence[float] | None, std: Sequence[flo
     return x.clamp(0, 1)
 
 
-def save_mix_grid(mix: dict[str, torch.Tensor], path: str, mean=None, std=None) -> str:
-    """Save a grid with one row per source set (up to 4 columns) and a last row of the generated mixes, as the
-    released `SAVEHook` lays it out. `mix` holds "sources" (N, k, C, H, W), "mixes" (k, C, H, W) and "lam" (N,)."""
-    from torchvision.utils import save_image
+def mix_grid(mix: dict[str, torch.Tensor], mean=None, std=None) -> np.ndarray:
+    """A grid with one row per source set (up to 4 columns) and a last row of the generated mixes, as the
+    released `SAVEHook` lays it out, as an (H, W, 3) uint8 array. `mix` holds "sources" (N, k, C, H, W), "mixes"
+    (k, C, H, W) and "lam" (N,)."""
+    from torchvision.utils import make_grid
 
-    sources, mixes = mix["sources"], mix["mixes"]
-    rows = torch.cat([sources, mixes[None]], dim=0)  # (N + 1, k, C, H, W)
+    rows = torch.cat([mix["sources"], mix["mixes"][None]], dim=0)  # (N + 1, k, C, H, W)
+    grid = make_grid(
+        denormalize(rows.flatten(0, 1).float().cpu(), mean, std), nrow=rows.shape[1], pad_value=1.0
+    )
+    # torchvision's `save_image` conversion to 8 bits
+    return grid.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
+
+
+def save_mix_grid(mix: dict[str, torch.Tensor], path: str, mean=None, std=None) -> np.ndarray:
+    """Save `mix_grid(mix, mean, std)` as a PNG at `path`; returns the grid (the PNG's pixels, for trackers)."""
+    import PIL.Image
+
+    grid = mix_grid(mix, mean, std)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_image(denormalize(rows.flatten(0, 1), mean, std), path, nrow=rows.shape[1], padding=2, pad_value=1.0)
-    return path
+    PIL.Image.fromarray(grid).save(path)
+    return grid
 
 
 def mix_grid_paths(output_dir: str) -> list[str]:

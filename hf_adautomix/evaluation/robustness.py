@@ -44,17 +44,22 @@ __all__ = [
     "CIFAR_C_PARAMS",
     "CORRUPTIONS",
     "OCCLUSION_RATIOS",
+    "TRAINING_CORRUPTIONS",
     "LoadedModel",
+    "RobustnessSubset",
     "clean_metrics",
     "corrupt_image",
     "evaluate_corruptions",
     "evaluate_fgsm",
     "evaluate_occlusion",
     "evaluate_robustness",
+    "fgsm",
     "load_exported",
     "occlude",
     "predict",
     "results_markdown",
+    "robustness_metrics",
+    "robustness_subset",
 ]
 
 # The 19 types of `imagecorruptions.get_corruption_names("all")`, in its order: 15 benchmark + 4 validation types.
@@ -554,11 +559,23 @@ def _accelerator(accelerator=None):
     return Accelerator()
 
 
-def _bounds(model: LoadedModel, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(std, normalised value of pixel 0, normalised value of pixel 1), each (1, 3, 1, 1)."""
-    mean = torch.tensor(model.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(model.std, device=device).view(1, -1, 1, 1)
-    return std, (0 - mean) / std, (1 - mean) / std
+def fgsm(
+    net: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    epsilon: float,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> torch.Tensor:
+    """FGSM (Goodfellow et al., 2015) on a normalised batch: `x + epsilon / std * sign(grad_x CE)`, clipped to the
+    normalised image of [0, 1]; `epsilon` in [0, 1] pixel units. The gradient is of the batch's mean cross-entropy
+    with the true labels; `net` (`pixel_values -> logits`) should be in eval mode."""
+    mean_, std_ = (torch.tensor(v, device=x.device, dtype=x.dtype).view(1, -1, 1, 1) for v in (mean, std))
+    lo, hi = (0 - mean_) / std_, (1 - mean_) / std_  # pixel values 0 and 1, normalised
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(F.cross_entropy(net(x), labels), x)
+    return torch.maximum(torch.minimum(x.detach() + epsilon / std_ * grad.sign(), hi), lo)
 
 
 def predict(
@@ -600,16 +617,11 @@ def predict(
     )
     loader = accelerator.prepare(loader)
     net = model.model.to(accelerator.device).eval()
-    std, lo, hi = _bounds(model, accelerator.device)
     logits_all, labels_all = [], []
     for batch in tqdm(loader, desc=desc, disable=not (progress and accelerator.is_local_main_process)):
         x, y = batch["pixel_values"], batch["labels"]
         if fgsm_epsilon is not None:
-            x = x.detach().requires_grad_(True)
-            with torch.enable_grad():
-                loss = F.cross_entropy(net(x), y)
-                (grad,) = torch.autograd.grad(loss, x)
-            x = torch.maximum(torch.minimum(x.detach() + fgsm_epsilon / std * grad.sign(), hi), lo)
+            x = fgsm(net, x, y, fgsm_epsilon, model.mean, model.std)
         with torch.no_grad():
             logits = net(x).float()
         logits, y = accelerator.gather_for_metrics((logits, y))
@@ -733,6 +745,94 @@ def evaluate_occlusion(
         logits, labels = predict(model, dataset, post=post, desc=f"occlusion {ratio:.0%}", **kwargs)
         accuracy[f"{float(ratio):g}"] = top1(logits, labels)
     return {"patch_size": patch_size, "fill": fill, "accuracy": accuracy}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# During training: a small fixed subset (`AdAutoMixTrainer` with `--eval_robustness`)
+# ----------------------------------------------------------------------------------------------------------
+
+# One type from each of the noise, blur and digital families, each milliseconds per image at any size.
+TRAINING_CORRUPTIONS = ("gaussian_noise", "defocus_blur", "contrast")
+
+
+@dataclass
+class RobustnessSubset:
+    """The fixed inputs of `robustness_metrics`: uint8 (K, 3, H, W) images on the CPU (a quarter of the memory of
+    float ones), normalised batch by batch."""
+
+    clean: torch.Tensor
+    labels: torch.Tensor
+    corrupted: dict[str, torch.Tensor]
+    occluded: torch.Tensor
+    occlusion_ratio: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def normalised(self, images: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        return (images.float() / 255 - mean) / std
+
+
+def robustness_subset(
+    pixel_values: torch.Tensor,
+    labels: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    corruptions: Sequence[str] = TRAINING_CORRUPTIONS,
+    severity: int = 3,
+    occlusion_ratio: float = 0.5,
+    patch_size: int = 16,
+    seed: int = 0,
+) -> RobustnessSubset:
+    """Corrupted and occluded copies of a normalised batch, built once so that every evaluation sees the same images.
+
+    The batch is un-normalised to uint8 pixels, corrupted as `evaluate_corruptions` does (`corrupt_image`, CIFAR-C
+    parameters for images of at most 64 px, else ImageNet-C's) and occluded (patches set to black) as
+    `evaluate_occlusion` does. Seeded per (seed, type, row): the global RNGs are left as they were.
+    """
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    clean = ((pixel_values.detach().float().cpu() * s + m).clamp(0, 1) * 255).round().to(torch.uint8)
+    params = "cifar" if max(clean.shape[2:]) <= 64 else "imagenet"
+    hwc = clean.permute(0, 2, 3, 1).numpy()
+    corrupted = {}
+    for name in corruptions:
+        corrupt = _Corrupt(name, severity, params, seed)
+        out = np.stack([corrupt(x, i) for i, x in enumerate(hwc)])
+        corrupted[name] = torch.from_numpy(out).permute(0, 3, 1, 2)
+    drop = _Occlude(occlusion_ratio, patch_size, torch.zeros(clean.shape[1], dtype=torch.uint8), seed)
+    occluded = torch.stack([drop(x, i) for i, x in enumerate(clean)])
+    return RobustnessSubset(
+        clean, labels.cpu(), corrupted, occluded, occlusion_ratio, tuple(mean), tuple(std)
+    )
+
+
+def robustness_metrics(
+    net: torch.nn.Module, subset: RobustnessSubset, *, batch_size: int = 128, epsilon: float = FGSM_EPSILON
+) -> dict[str, float]:
+    """Top-1 of `net` (`pixel_values -> logits`, in eval mode) under each corruption of `subset` and their mean,
+    FGSM error at `epsilon` and top-1 on the occluded images, as `robust_<type>_top1`, `robust_corruption_top1`,
+    `robust_fgsm_error` and `robust_occlusion<percent>_top1`."""
+    param = next(net.parameters())
+
+    def accuracy(images: torch.Tensor, attack: bool = False) -> float:
+        logits = []
+        for i in range(0, len(images), batch_size):
+            x = subset.normalised(images[i : i + batch_size].to(param.device)).to(param.dtype)
+            if attack:
+                y = subset.labels[i : i + batch_size].to(param.device)
+                x = fgsm(net, x, y, epsilon, subset.mean, subset.std)
+            with torch.no_grad():
+                logits.append(net(x).float().cpu())
+        return top1(torch.cat(logits).numpy(), subset.labels.numpy())
+
+    out = {f"robust_{name}_top1": accuracy(images) for name, images in subset.corrupted.items()}
+    out["robust_corruption_top1"] = float(np.mean(list(out.values())))
+    out["robust_fgsm_error"] = 1.0 - accuracy(subset.clean, attack=True)
+    out[f"robust_occlusion{round(100 * subset.occlusion_ratio)}_top1"] = accuracy(subset.occluded)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
