@@ -112,7 +112,17 @@ class RobustnessArguments:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser((RobustnessArguments, DataTrainingArguments))
-    args, data_args = parser.parse_args_into_dataclasses(args=argv)
+    namespace = parser.parse_args(args=argv)
+    given = vars(namespace)
+    if (given["validation_file"] or given["validation_dir"]) and not (
+        given["train_file"] or given["train_dir"] or given["dataset_name"]
+    ):
+        # Only an evaluation set: it is read as the training script would read its validation split.
+        given["train_file"], given["train_dir"] = given["validation_file"], given["validation_dir"]
+    args, data_args = (
+        cls(**{f.name: given[f.name] for f in dataclasses.fields(cls) if f.init})
+        for cls in (RobustnessArguments, DataTrainingArguments)
+    )
 
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
