@@ -46,7 +46,9 @@ def parse_args(argv=None):
     run_args = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mixers", default="none,mixup,cutmix,automix,adautomix", help="comma-separated --mixup values")
+    p.add_argument(
+        "--mixers", default="none,mixup,cutmix,automix,adautomix", help="comma-separated --mixup values"
+    )
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time")
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of each run")
@@ -75,7 +77,9 @@ def run_one(mixer: str, seed: int, args) -> dict:
         with open(os.path.join(out, "accuracy_run.log"), "w") as log:
             proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         if proc.returncode != 0:
-            raise RuntimeError(f"{mixer} seed {seed} failed (exit {proc.returncode}); see {out}/accuracy_run.log")
+            raise RuntimeError(
+                f"{mixer} seed {seed} failed (exit {proc.returncode}); see {out}/accuracy_run.log"
+            )
         with open(timing, "w") as f:
             json.dump({"wall_s": time.perf_counter() - t0, "command": shlex.join(cmd)}, f, indent=2)
         print(f"done: {mixer} seed {seed}", flush=True)

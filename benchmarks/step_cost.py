@@ -1,7 +1,11 @@
 """FLOPs, wall time, images/s and peak memory of one optimizer step of each mixer, relative to `none`, in one run.
 
-    HF_HUB_OFFLINE=1 python benchmarks/step_cost.py --threads 2                       # CPU
+    HF_HUB_OFFLINE=1 python benchmarks/step_cost.py --threads 1                       # learned mixers, CPU
+    HF_HUB_OFFLINE=1 python benchmarks/step_cost.py --threads 1 --group classic       # the classic mixers
     HF_HUB_OFFLINE=1 python benchmarks/step_cost.py --device cuda --batch_size 100   # GPU
+
+`--group learned` (default) runs `none`, AutoMix and AdAutoMix variants, `--group classic` `none` and every classic
+mixer (PuzzleMix with gco-wrapper when installed, and with our own α-β swap graph cut), `--group all` both.
 
 A step is what the trainer does per batch: `MixupModel` forward + backward + SGD step + EMA update. Learned
 mixers run twice: `single` (one backward of the total, `early_backward=False`) and `per-pass` (each online
@@ -38,31 +42,34 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hf_adautomix.arguments import MixupArguments  # noqa: E402
 from hf_adautomix.backbones import build_model, wrap_classifier  # noqa: E402
-from hf_adautomix.mixers import build_mixer  # noqa: E402
+from hf_adautomix.mixers import CLASSIC_MIXERS, build_mixer  # noqa: E402
 from hf_adautomix.modeling import MixupModel  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# name: (MixupArguments kwargs, per-pass backward, teacher_stop_early)
-VARIANTS = {
-    "none": (dict(mixup="none"), False, None),
-    "automix single": (dict(mixup="automix"), False, None),
-    "automix per-pass": (dict(mixup="automix"), True, None),
-    "automix per-pass stop=always": (dict(mixup="automix"), True, "always"),
-    "adautomix N=2 single": (dict(mixup="adautomix", mix_num=2), False, None),
-    "adautomix N=2 per-pass": (dict(mixup="adautomix", mix_num=2), True, None),
-    "adautomix N=3 single": (dict(mixup="adautomix", mix_num=3), False, None),
-    "adautomix N=3 per-pass": (dict(mixup="adautomix", mix_num=3), True, None),
+# name: (MixupArguments kwargs, per-pass backward, mixer attributes set after building)
+LEARNED = {
+    "automix single": (dict(mixup="automix"), False, {}),
+    "automix per-pass": (dict(mixup="automix"), True, {}),
+    "automix per-pass stop=always": (dict(mixup="automix"), True, {"teacher_stop_early": "always"}),
+    "adautomix N=2 single": (dict(mixup="adautomix", mix_num=2), False, {}),
+    "adautomix N=2 per-pass": (dict(mixup="adautomix", mix_num=2), True, {}),
+    "adautomix N=3 single": (dict(mixup="adautomix", mix_num=3), False, {}),
+    "adautomix N=3 per-pass": (dict(mixup="adautomix", mix_num=3), True, {}),
     "adautomix N=3 separate single": (
         dict(mixup="adautomix", mix_num=3, teacher_ref_passes="separate"),
         False,
-        None,
+        {},
     ),
     "adautomix N=3 separate per-pass stop=always": (
         dict(mixup="adautomix", mix_num=3, teacher_ref_passes="separate"),
         True,
-        "always",
+        {"teacher_stop_early": "always"},
     ),
 }
+CLASSIC = {name: (dict(mixup=name), False, {}) for name in CLASSIC_MIXERS}
+CLASSIC["puzzlemix swap"] = (dict(mixup="puzzlemix"), False, {"graph_cut": "swap"})  # without gco-wrapper
+VARIANTS = {"none": (dict(mixup="none"), False, {}), **LEARNED, **CLASSIC}
+GROUPS = {"learned": ["none", *LEARNED], "classic": ["none", *CLASSIC], "all": list(VARIANTS)}
 
 
 def parse_args(argv=None):
@@ -77,14 +84,15 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--mem_steps", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--only", nargs="*", default=None, help="variant names to run (default: all)")
+    p.add_argument("--only", nargs="*", default=None, help="variant names to run (default: --group's)")
+    p.add_argument("--group", choices=sorted(GROUPS), default="learned", help="which variants to run")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def build(name: str, args, device):
-    kwargs, per_pass, stop = VARIANTS[name]
+    kwargs, per_pass, attributes = VARIANTS[name]
     torch.manual_seed(args.seed)
     w = args.width
     model = build_model(
@@ -98,8 +106,8 @@ def build(name: str, args, device):
     classifier = wrap_classifier(model)
     mix_args = MixupArguments(**kwargs)
     mixer = build_mixer(mix_args, num_classes=args.num_classes, label_smoothing=0.0, classifier=classifier)
-    if stop is not None:
-        mixer.teacher_stop_early = stop
+    for attribute, value in attributes.items():
+        setattr(mixer, attribute, value)
     wrapper = MixupModel(classifier, mixer, ema=mix_args.ema).to(device).train()
     wrapper.total_steps = 10_000
     wrapper.early_backward = per_pass
@@ -173,11 +181,20 @@ def peak_memory(name: str, args) -> int:
     return json.loads(out.strip().splitlines()[-1])["peak_bytes"]
 
 
-def flops(wrapper, opt, x, y) -> int:
+def flops(wrapper, opt, x, y) -> int | None:
     counter = FlopCounterMode(display=False)
-    with counter:
-        step(wrapper, opt, x, y)
+    try:
+        with counter:
+            step(wrapper, opt, x, y)
+    except (
+        RuntimeError
+    ):  # PuzzleMix: FlopCounterMode's module hooks break its torch.autograd.grad (torch 2.14)
+        return None
     return counter.get_total_flops()
+
+
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
 def main(argv=None):
@@ -187,7 +204,7 @@ def main(argv=None):
     if args._child:
         return child(args)
     device = torch.device(args.device)
-    names = args.only or list(VARIANTS)
+    names = args.only or GROUPS[args.group]
     if "none" not in names:
         names = ["none", *names]
     x, y = batch(args, device)
@@ -216,8 +233,8 @@ def main(argv=None):
         rows.append(
             {
                 "variant": n,
-                "gflops_per_step": fl[n] / 1e9,
-                "flops_x_none": fl[n] / f0,
+                "gflops_per_step": fl[n] / 1e9 if fl[n] is not None else None,
+                "flops_x_none": fl[n] / f0 if fl[n] is not None else None,
                 "ms_per_step": 1e3 * t,
                 "time_x_none": t / t0,
                 "images_per_s": args.batch_size / t,
@@ -243,14 +260,17 @@ def main(argv=None):
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {r['variant']} | {r['gflops_per_step']:.2f} | {r['flops_x_none']:.2f} | {r['ms_per_step']:.1f} | "
+        f"| {r['variant']} | {_num(r['gflops_per_step'])} | {_num(r['flops_x_none'])} | {r['ms_per_step']:.1f} | "
         f"{r['time_x_none']:.2f} | {r['images_per_s']:.0f} | {r['peak_mib']:.1f} | {r['peak_x_none']:.2f} |"
         for r in rows
     ]
     table = "\n".join(lines)
     print(table)
     os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"step_cost_{device.type}")
+    suffix = (
+        "" if args.group == "learned" and not args.only else f"_{args.group}" if not args.only else "_only"
+    )
+    stem = os.path.join(args.out, f"step_cost_{device.type}{suffix}")
     with open(stem + ".json", "w") as f:
         json.dump({"header": header, "rows": rows, "command": " ".join(sys.argv)}, f, indent=2)
     with open(stem + ".md", "w") as f:
