@@ -84,6 +84,9 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--mem_steps", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--amp", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype of the forward"
+    )
     p.add_argument("--only", nargs="*", default=None, help="variant names to run (default: --group's)")
     p.add_argument("--group", choices=sorted(GROUPS), default="learned", help="which variants to run")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
@@ -111,15 +114,30 @@ def build(name: str, args, device):
     wrapper = MixupModel(classifier, mixer, ema=mix_args.ema).to(device).train()
     wrapper.total_steps = 10_000
     wrapper.early_backward = per_pass
-    wrapper.backward_fn = (lambda loss: loss.backward()) if per_pass else None
+    # fp16 scales every backward, also the per-pass ones inside the forward (as Trainer's accelerator does).
+    wrapper.scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
+    scale = wrapper.scaler.scale if wrapper.scaler is not None else (lambda loss: loss)
+    wrapper.backward_fn = (lambda loss: scale(loss).backward()) if per_pass else None
     opt = torch.optim.SGD([p for p in wrapper.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     return wrapper, opt
 
 
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AMP = {"dtype": None}  # set from --amp
+
+
 def step(wrapper, opt, x, y):
     opt.zero_grad(set_to_none=True)
-    wrapper(x, y)["loss"].backward()
-    opt.step()
+    dtype, scaler = AMP["dtype"], wrapper.scaler
+    with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        loss = wrapper(x, y)["loss"]
+    if scaler is None:
+        loss.backward()
+        opt.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
     if wrapper.teacher is not None:
         wrapper.update_ema()
 
@@ -172,6 +190,8 @@ def peak_memory(name: str, args) -> int:
         str(args.batch_size),
         "--mem_steps",
         str(args.mem_steps),
+        "--amp",
+        args.amp,
     ]
     cmd += ["--threads", str(args.threads)] if args.threads else []
     # glibc keeps freed small-and-medium blocks resident, so RSS would not fall when activations are freed: serve
@@ -199,6 +219,7 @@ def _num(value: float | None) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
+    AMP["dtype"] = AMP_DTYPES[args.amp]
     if args.threads:
         torch.set_num_threads(args.threads)
     if args._child:
@@ -251,7 +272,7 @@ def main(argv=None):
     header = (
         f"device: {dev} ({args.device}), threads: {torch.get_num_threads()}, CIFAR ResNet-18 width {args.width}, "
         f"batch {args.batch_size} of random 32x32 images, {args.rounds}x{args.steps} timed steps per variant "
-        f"(interleaved, after {args.warmup} warm-up), peak memory: {mem_kind}"
+        f"(interleaved, after {args.warmup} warm-up), {args.amp}, peak memory: {mem_kind}"
     )
     lines = [
         header,
