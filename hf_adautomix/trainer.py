@@ -186,6 +186,15 @@ class AugmentationEpochCallback(TrainerCallback):
 
 
 @contextlib.contextmanager
+def _restored(obj, name: str, value):
+    """Sets `obj.name = value` on exit."""
+    try:
+        yield
+    finally:
+        setattr(obj, name, value)
+
+
+@contextlib.contextmanager
 def _hub_token_hidden(args: TrainingArguments):
     """`training_args.bin` is a pickle of the arguments: keep the Hub token out of it (it is uploaded)."""
     token = args.hub_token
@@ -292,6 +301,7 @@ class AdAutoMixTrainer(Trainer):
         if mixup_args.max_nonfinite_steps < 0:
             raise ValueError(f"--max_nonfinite_steps must be >= 0, got {mixup_args.max_nonfinite_steps}.")
         self._loss_finite = torch.ones((), dtype=torch.bool, device=self.args.device)
+        self._filter_nonfinite_loss = args.logging_nan_inf_filter  # see `train`
         self._last_grad_norm = None
         self.nonfinite_guard = NonFiniteGuard(self, mixup_args.max_nonfinite_steps)
         self.add_callback(self.nonfinite_guard)
@@ -374,7 +384,12 @@ class AdAutoMixTrainer(Trainer):
         finally:
             if isinstance(wrapper, MixupModel):
                 wrapper.backward_fn = None
-        self._loss_finite = self._loss_finite & torch.isfinite(loss).to(self._loss_finite.device)
+        finite = torch.isfinite(loss)
+        self._loss_finite = self._loss_finite & finite.to(self._loss_finite.device)
+        # Trainer's `logging_nan_inf_filter` (off during `train`), on the device: no sync.
+        if self._filter_nonfinite_loss:
+            mean = self._tr_loss / (1 + self.state.global_step - self._globalstep_last_logged)
+            loss = torch.where(finite, loss, mean.to(loss.device, loss.dtype))
         for k, v in self.model.last_terms.items():
             self._terms[k] = self._terms.get(k, 0.0) + v.float()
         self._terms_count += 1
@@ -491,7 +506,12 @@ class AdAutoMixTrainer(Trainer):
                 runs.append((True, True, "_ema_mix_head"))
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         metrics = {}
-        with torch.random.fork_rng(devices=devices):
+        filter_flag = self.args.logging_nan_inf_filter
+        self.args.logging_nan_inf_filter = self._filter_nonfinite_loss  # the user's, for the evaluation loop
+        with (
+            torch.random.fork_rng(devices=devices),
+            _restored(self.args, "logging_nan_inf_filter", filter_flag),
+        ):
             for ema, mix_head, suffix in runs:
                 model.eval_ema, model.eval_mix_head = ema, mix_head
                 try:
@@ -604,7 +624,15 @@ class AdAutoMixTrainer(Trainer):
             losses = [h["loss"] for h in self.state.log_history if "loss" in h]
             loss = losses[-1] if losses else float("nan")
             return TrainOutput(self.state.global_step, loss, {"train_loss": loss, "epoch": self.state.epoch})
-        return super().train(resume_from_checkpoint=resume_from_checkpoint or None, trial=trial, **kwargs)
+        # Trainer filters a non-finite step loss out of the logged loss with `torch.isnan(loss) or ...`: a host sync
+        # per step on a GPU. `training_step` applies the same filter on the device instead (`evaluate` puts the flag
+        # back for the evaluation loop, which filters its own losses).
+        filter_flag = self._filter_nonfinite_loss = self.args.logging_nan_inf_filter
+        self.args.logging_nan_inf_filter = False
+        try:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint or None, trial=trial, **kwargs)
+        finally:
+            self.args.logging_nan_inf_filter = filter_flag
 
     def _finished_at(self, checkpoint: str) -> bool:
         path = os.path.join(checkpoint, "trainer_state.json")

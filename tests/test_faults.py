@@ -7,6 +7,7 @@ augmentation, so "exact resume" here covers the augmentation pipeline, not only 
 """
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -382,6 +383,11 @@ class TestNonFiniteInTheAPI:
             h["nonfinite_steps_skipped"] for h in trainer.state.log_history if "nonfinite_steps_skipped" in h
         ]
         assert logged[-1] == 2
+        # Trainer's NaN filter of the logged loss, applied on the device: every logged total loss is finite.
+        history = trainer.state.log_history
+        losses = [h["train_loss_total"] for h in history if "train_loss_total" in h] + [history[-1]["train_loss"]]
+        assert len(losses) > 1 and all(math.isfinite(v) for v in losses)
+        assert trainer.args.logging_nan_inf_filter  # the user's flag, as it was before train()
         for step in (2, 4):
             before, after = self.snapshots[step], seen[step]
             # the classifier, the generator, the mix head and every BN statistic are as before the step; only
