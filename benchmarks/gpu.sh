@@ -23,6 +23,7 @@ run timeout 300 python3 benchmarks/step_cost.py "${common[@]}"
 run timeout 200 python3 benchmarks/step_cost.py "${common[@]}" --amp bf16 --only none "automix per-pass" "adautomix N=3 per-pass"
 run timeout 200 python3 benchmarks/step_cost.py "${common[@]}" --amp fp16 --only none "automix per-pass" "adautomix N=3 per-pass"
 run timeout 300 python3 benchmarks/step_cost.py "${common[@]}" --group classic
+run timeout 200 python3 benchmarks/step_cost.py "${common[@]}" --channels_last --only none "adautomix N=3 per-pass"
 
 # Data path on the GPU: API/CLI vs a plain loop, loader vs step throughput, whole run.
 run timeout 600 python3 benchmarks/data_path.py --device cuda --width 64 --train_samples 10000 --steps 40 \

@@ -84,6 +84,7 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--mem_steps", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--channels_last", action="store_true", help="channels-last weights and inputs")
     p.add_argument(
         "--amp", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype of the forward"
     )
@@ -112,6 +113,8 @@ def build(name: str, args, device):
     for attribute, value in attributes.items():
         setattr(mixer, attribute, value)
     wrapper = MixupModel(classifier, mixer, ema=mix_args.ema).to(device).train()
+    if args.channels_last:
+        wrapper.to_channels_last()
     wrapper.total_steps = 10_000
     wrapper.early_backward = per_pass
     # fp16 scales every backward, also the per-pass ones inside the forward (as Trainer's accelerator does).
@@ -192,6 +195,7 @@ def peak_memory(name: str, args) -> int:
         str(args.mem_steps),
         "--amp",
         args.amp,
+        *(["--channels_last"] if args.channels_last else []),
     ]
     cmd += ["--threads", str(args.threads)] if args.threads else []
     # glibc keeps freed small-and-medium blocks resident, so RSS would not fall when activations are freed: serve
@@ -272,7 +276,7 @@ def main(argv=None):
     header = (
         f"device: {dev} ({args.device}), threads: {torch.get_num_threads()}, CIFAR ResNet-18 width {args.width}, "
         f"batch {args.batch_size} of random 32x32 images, {args.rounds}x{args.steps} timed steps per variant "
-        f"(interleaved, after {args.warmup} warm-up), {args.amp}, peak memory: {mem_kind}"
+        f"(interleaved, after {args.warmup} warm-up), {args.amp}{', channels-last' if args.channels_last else ''}, peak memory: {mem_kind}"
     )
     lines = [
         header,
@@ -288,8 +292,10 @@ def main(argv=None):
     table = "\n".join(lines)
     print(table)
     os.makedirs(args.out, exist_ok=True)
-    suffix = (
-        "" if args.group == "learned" and not args.only else f"_{args.group}" if not args.only else "_only"
+    # step_cost_cpu.md: the learned group in fp32; other groups, --only, --amp and --channels_last get a suffix
+    suffix = "_only" if args.only else ("" if args.group == "learned" else f"_{args.group}")
+    suffix += ("" if args.amp == "fp32" else f"_{args.amp}") + (
+        "_channels_last" if args.channels_last else ""
     )
     stem = os.path.join(args.out, f"step_cost_{device.type}{suffix}")
     with open(stem + ".json", "w") as f:
