@@ -808,10 +808,8 @@ def check_labels(
         candidates = (label_column, *LABEL_COLUMN_CANDIDATES)
         column = next((c for c in candidates if c is not None and c in dataset.column_names), None)
         if column is None:
-            if (
-                dataset.format["type"] == "custom"
-            ):  # its transform makes the labels; they cannot be read cheaply
-                return
+            if dataset.format["type"] == "custom":
+                return  # its transform makes the labels; they cannot be read cheaply
             raise ValueError(
                 f"The '{split}' dataset has no label column: none of {[c for c in candidates if c]} is among its "
                 f"columns {dataset.column_names}."

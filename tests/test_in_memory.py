@@ -114,6 +114,17 @@ class TestDecodedOnce:
             torch.cat([b["pixel_values"] for b in batches]), fetch(ds, list(range(24)))["pixel_values"]
         )
 
+    def test_workers_give_the_same_batches(self):
+        _, in_memory = both_paths("cifar")
+        ds = in_memory.train
+        set_augmentation_epoch(ds, 5, 2)  # seeded per row: the same pixels whatever process draws them
+        batches = [
+            list(torch.utils.data.DataLoader(ds, batch_size=8, collate_fn=collate_fn, num_workers=workers))
+            for workers in (0, 2)
+        ]
+        for a, b in zip(*batches):
+            assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["labels"], b["labels"])
+
     def test_other_recipes_stay_per_image(self):
         ds = raw()
         data = ImageData(ds, ds, "img", "label", ["a", "b", "c"], "test")
