@@ -301,7 +301,7 @@ class AdAutoMixTrainer(Trainer):
         if mixup_args.max_nonfinite_steps < 0:
             raise ValueError(f"--max_nonfinite_steps must be >= 0, got {mixup_args.max_nonfinite_steps}.")
         self._loss_finite = torch.ones((), dtype=torch.bool, device=self.args.device)
-        self._filter_nonfinite_loss = args.logging_nan_inf_filter  # see `train`
+        self._nan_filter_on_device = False  # see `train`
         self._last_grad_norm = None
         self.nonfinite_guard = NonFiniteGuard(self, mixup_args.max_nonfinite_steps)
         self.add_callback(self.nonfinite_guard)
@@ -387,7 +387,7 @@ class AdAutoMixTrainer(Trainer):
         finite = torch.isfinite(loss)
         self._loss_finite = self._loss_finite & finite.to(self._loss_finite.device)
         # Trainer's `logging_nan_inf_filter` (off during `train`), on the device: no sync.
-        if self._filter_nonfinite_loss:
+        if self._nan_filter_on_device:
             mean = self._tr_loss / (1 + self.state.global_step - self._globalstep_last_logged)
             loss = torch.where(finite, loss, mean.to(loss.device, loss.dtype))
         for k, v in self.model.last_terms.items():
@@ -507,7 +507,7 @@ class AdAutoMixTrainer(Trainer):
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         metrics = {}
         filter_flag = self.args.logging_nan_inf_filter
-        self.args.logging_nan_inf_filter = self._filter_nonfinite_loss  # the user's, for the evaluation loop
+        self.args.logging_nan_inf_filter = filter_flag or self._nan_filter_on_device  # the user's flag
         with (
             torch.random.fork_rng(devices=devices),
             _restored(self.args, "logging_nan_inf_filter", filter_flag),
@@ -627,12 +627,12 @@ class AdAutoMixTrainer(Trainer):
         # Trainer filters a non-finite step loss out of the logged loss with `torch.isnan(loss) or ...`: a host sync
         # per step on a GPU. `training_step` applies the same filter on the device instead (`evaluate` puts the flag
         # back for the evaluation loop, which filters its own losses).
-        filter_flag = self._filter_nonfinite_loss = self.args.logging_nan_inf_filter
+        filter_flag = self._nan_filter_on_device = self.args.logging_nan_inf_filter
         self.args.logging_nan_inf_filter = False
         try:
             return super().train(resume_from_checkpoint=resume_from_checkpoint or None, trial=trial, **kwargs)
         finally:
-            self.args.logging_nan_inf_filter = filter_flag
+            self.args.logging_nan_inf_filter, self._nan_filter_on_device = filter_flag, False
 
     def _finished_at(self, checkpoint: str) -> bool:
         path = os.path.join(checkpoint, "trainer_state.json")
