@@ -73,27 +73,29 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def model_flags(width: int) -> list[str]:
+def resnet_overrides(width: int) -> str:
+    """`--config_overrides` of a CIFAR ResNet-18 with stages of width, 2x, 4x, 8x channels (as step_cost.py)."""
     w = width
-    overrides = (
-        f"embedding_size={w},hidden_sizes=[{w},{2 * w},{4 * w},{8 * w}],depths=[2,2,2,2],layer_type=basic"
-    )
-    return ["--model_type", "resnet", "--config_overrides", overrides, "--cifar_stem"]
+    return f"embedding_size={w},hidden_sizes=[{w},{2 * w},{4 * w},{8 * w}],depths=[2,2,2,2],layer_type=basic"
+
+
+def model_flags(width: int) -> list[str]:
+    return ["--model_type", "resnet", "--config_overrides", resnet_overrides(width), "--cifar_stem"]
 
 
 def build_classifier(width: int):
+    """The model `model_flags` gives the CLI, built in this process."""
     import torch
 
     from hf_adautomix.backbones import build_model
 
     torch.manual_seed(0)
-    w = width
+    labels = {i: str(i) for i in range(10)}
     return build_model(
         num_labels=10,
-        id2label={i: str(i) for i in range(10)},
+        id2label=labels,
         model_type="resnet",
-        config_overrides=f"embedding_size={w},hidden_sizes=[{w},{2 * w},{4 * w},{8 * w}],depths=[2,2,2,2],"
-        "layer_type=basic",
+        config_overrides=resnet_overrides(width),
         cifar_stem=True,
     )
 
