@@ -9,24 +9,13 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
+from .mixers import MIXERS
+
 logger = logging.getLogger(__name__)
 
-MIXUP_CHOICES = (
-    "none",
-    "adautomix",
-    "automix",
-    "mixup",
-    "cutmix",
-    "fmix",
-    "resizemix",
-    "saliencymix",
-    "gridmix",
-    "smoothmix",
-    "manifoldmix",
-    "puzzlemix",
-    "timm",
-)
-LEARNED_MIXERS = ("adautomix", "automix")
+# Derived from the one registry (`mixers.MIXERS`), so a new mixer is one entry there.
+MIXUP_CHOICES = tuple(MIXERS)
+LEARNED_MIXERS = tuple(name for name, cls in MIXERS.items() if cls.learned)
 
 # Flags that only some methods read. Changed from its default under a --mixup that ignores it, a flag is an error when
 # it can only have been meant for this run (--mix_prob, --timm_*), and a warning when it usually comes from a recipe
@@ -318,6 +307,18 @@ class MixupArguments:
             if getattr(self, name) not in choices:
                 what = "method" if name == "mixup" else "choice"
                 raise ValueError(bad_choice_message(f"--{name}", getattr(self, name), choices, what))
+        self._check_ranges()
+        if self.ema is None:
+            self.ema = self.mixup in LEARNED_MIXERS
+        if self.mixup in LEARNED_MIXERS and not self.ema:
+            raise ValueError(
+                f"--mixup {self.mixup} needs its EMA teacher (the generator's encoder and judge); "
+                "drop --ema False."
+            )
+        self._check_ignored_flags()
+
+    def _check_ranges(self) -> None:
+        """Each numeric flag within its range, named in the error."""
         if self.mix_alpha is not None and self.mix_alpha <= 0:
             raise ValueError(f"--mix_alpha must be > 0, got {self.mix_alpha}.")
         if self.eval_robustness_samples < 1:
@@ -333,13 +334,6 @@ class MixupArguments:
                 raise ValueError(f"--{name} must be in [0, 1), got {getattr(self, name)}.")
         if not 0 <= self.ema_scope_start <= 1:
             raise ValueError(f"--ema_scope_start must be in [0, 1], got {self.ema_scope_start}.")
-        if self.ema is None:
-            self.ema = self.mixup in LEARNED_MIXERS
-        if self.mixup in LEARNED_MIXERS and not self.ema:
-            raise ValueError(
-                f"--mixup {self.mixup} needs its EMA teacher (the generator's encoder and judge); "
-                "drop --ema False."
-            )
         for name in ("generator_lr", "generator_weight_decay", "generator_min_lr"):
             if getattr(self, name) is not None and not getattr(self, name) >= 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}.")
@@ -351,7 +345,6 @@ class MixupArguments:
                 f"--generator_min_lr {self.generator_min_lr} is above --generator_lr {self.generator_lr}; "
                 "it is the floor the generator's LR anneals down to."
             )
-        self._check_ignored_flags()
 
     def _changed(self, names) -> list[str]:
         defaults = {f.name: f.default for f in fields(self)}

@@ -28,7 +28,6 @@ METRICS = (
 )
 METRICS += (("ece", "ece", "ECE"),)
 HEADS = (("online", "eval"), ("EMA teacher", "eval_ema"))
-CITATION_KEY = "qin2024adversarial"
 
 
 def write_model_card(
@@ -75,7 +74,7 @@ def write_model_card(
         if f"{prefix}_{key}" in metrics
     ]
     card_data = ModelCardData(
-        library_name="transformers" if adapter.family == "transformers" else "timm",
+        library_name=adapter.library_name,
         pipeline_tag="image-classification",
         tags=sorted(set(tags or []) | {"hf_adautomix", "image-classification", mix.mixup, adapter.arch_name}),
         datasets=[dataset_id] if dataset_id else None,
@@ -111,7 +110,7 @@ def write_model_card(
         ),
         environment=_environment(trainer),
         gallery=_gallery(args.output_dir),
-        load_snippets=load_snippets(adapter, name),
+        load_snippets=adapter.load_snippets(name),
     )
     path = os.path.join(args.output_dir, "README.md")
     card.save(path)
@@ -165,48 +164,3 @@ def _version(package: str) -> str:
 def _gallery(output_dir: str) -> str | None:
     grids = sorted(glob.glob(os.path.join(output_dir, "mixed_samples", "*.png")))
     return os.path.relpath(grids[-1], output_dir) if grids else None
-
-
-def load_snippets(adapter, name: str) -> str:
-    """How to load the export in each loader that takes it, as exactly as it must be typed: transformers exports in
-    `pipeline` and `AutoModelForImageClassification`; timm exports in `timm.create_model` and, through transformers'
-    `TimmWrapper`, in `pipeline` and `AutoModelForImageClassification` (tests/test_exports.py runs every snippet)."""
-    if adapter.family == "transformers":
-        custom = adapter.model.config.model_type == "cifar_resnet"
-        remote = ", trust_remote_code=True" if custom else ""
-        note = (
-            "The CIFAR ResNet's code travels with the checkpoint (`trust_remote_code=True`; with `import "
-            "hf_adautomix` it is not needed).\n\n"
-            if custom
-            else ""
-        )
-        return (
-            f"{note}```python\nfrom transformers import pipeline\n\n"
-            f'classifier = pipeline("image-classification", model="{name}"{remote})\n```\n\n'
-            "```python\nfrom transformers import AutoImageProcessor, AutoModelForImageClassification\n\n"
-            f'processor = AutoImageProcessor.from_pretrained("{name}")\n'
-            f'model = AutoModelForImageClassification.from_pretrained("{name}"{remote})\n```'
-        )
-    prefix = "hf-hub:" if "/" in name and not os.path.isdir(name) else "local-dir:"
-    cifar = adapter.arch_name.endswith("_cifar")
-    imports = (
-        "import hf_adautomix  # registers the CIFAR variant " + f"({adapter.arch_name})\n" if cifar else ""
-    )
-    note = (
-        f"`import hf_adautomix` registers the CIFAR variant `{adapter.arch_name}` (its 3x3 stride-1 stem) with "
-        "timm; every loader needs it, as timm's own model arguments cannot express that stem.\n\n"
-        if cifar
-        else ""
-    )
-    return (
-        f"{note}```python\n{imports}import timm\n\n"
-        f'model = timm.create_model("{prefix}{name}", pretrained=True).eval()\n'
-        "config = timm.data.resolve_data_config(model=model)\n"
-        "transform = timm.data.create_transform(**config)\n```\n\n"
-        "In transformers (`TimmWrapper`; the preprocessing is the timm config's):\n\n"
-        f"```python\n{imports}from transformers import pipeline\n\n"
-        f'classifier = pipeline("image-classification", model="{name}")\n```\n\n'
-        f"```python\n{imports}from transformers import AutoImageProcessor, AutoModelForImageClassification\n\n"
-        f'processor = AutoImageProcessor.from_pretrained("{name}")\n'
-        f'model = AutoModelForImageClassification.from_pretrained("{name}")\n```'
-    )

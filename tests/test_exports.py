@@ -1,7 +1,7 @@
 """Exports load in every loader their library offers, with the trained weights, the data's class names and the eval
 preprocessing: transformers exports in `AutoModelForImageClassification` and `pipeline`; timm exports in
 `timm.create_model("local-dir:...")` / `"hf-hub:..."` and in transformers' `TimmWrapper` (`AutoModelForImageClassification`,
-`AutoImageProcessor`, `pipeline`). Every snippet `hub.load_snippets` prints is run, and the exports that must load
+`AutoImageProcessor`, `pipeline`). Every snippet `adapter.load_snippets` prints is run, and the exports that must load
 without hf_adautomix are loaded in a Python that cannot import it."""
 
 import json
@@ -21,7 +21,6 @@ from test_trainer import targs
 
 from hf_adautomix import AdAutoMixTrainer, MixupArguments
 from hf_adautomix.backbones import build_model, parse_config_overrides
-from hf_adautomix.hub import load_snippets
 
 NAMES = ["cat", "dog", "frog", "ship"]
 HUB_NAME = "me/tiny-ada"
@@ -214,7 +213,7 @@ def test_every_load_snippet_runs(family, exports, fake_timm_hub):
     from transformers import AutoImageProcessor
 
     trainer, out, adapter = exports(family)
-    text = load_snippets(adapter, HUB_NAME)
+    text = adapter.load_snippets(HUB_NAME)
     assert text in open(os.path.join(out, "README.md")).read()
     blocks = python_blocks(text)
     assert len(blocks) == 3 if adapter.family == "timm" else 2
@@ -300,7 +299,7 @@ def test_exports_load_without_hf_adautomix(exports, tmp_path):
         "pixel_values"
     ]
     top = torch.softmax(logits_of(cifar_adapter, pixels)[0], -1).max().reshape(1)
-    for i, block in enumerate(python_blocks(load_snippets(cifar_adapter, HUB_NAME))):
+    for i, block in enumerate(python_blocks(cifar_adapter.load_snippets(HUB_NAME))):
         code = block.replace(f'"{HUB_NAME}"', repr(cifar_out))
         assert "trust_remote_code=True" in code
         add(f"cifar_snippet_{i}", "hf_resnet_cifar", "snippet", code, top if "pipeline(" in code else None)
