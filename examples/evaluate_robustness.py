@@ -140,9 +140,9 @@ def main(argv: list[str] | None = None) -> dict:
     # The validation split the training script would use, with the same flags (and max_eval_samples).
     image_data = load_image_datasets(data_args, seed=args.seed)
     num_classes = len(image_data.labels)
-    if model.id2label and len(model.id2label) != num_classes:
+    if model.model.num_classes != num_classes:  # the classifier adapter's head size
         raise ValueError(
-            f"The model has {len(model.id2label)} classes but the data has {num_classes} ({image_data.source})."
+            f"The model has {model.model.num_classes} classes but the data has {num_classes} ({image_data.source})."
         )
 
     # Clean + calibration, corruptions, FGSM, occlusion; files written by the main process.

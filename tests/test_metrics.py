@@ -1,21 +1,16 @@
-"""Offline metrics: hand-computed values, torch/torchmetrics agreement, evaluate modules, Trainer hook."""
+"""Offline metrics: hand-computed values, agreement with torch and torchmetrics (independent references), the
+Trainer hook, and the evaluation package's lazy imports."""
+
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+from torchmetrics.functional.classification import multiclass_accuracy
 from transformers import EvalPrediction
 
-from hf_adautomix.evaluation import (
-    Accuracy,
-    ExpectedCalibrationError,
-    NegativeLogLikelihood,
-    TopKAccuracy,
-    compute_metrics,
-    ece,
-    nll,
-    top1,
-    topk_accuracy,
-)
+from hf_adautomix.evaluation import compute_metrics, ece, nll, summary, top1, topk_accuracy
 
 # 4 samples, 3 classes. Confidences 0.7, 0.65, 0.85, 0.5; predictions 0, 0, 2, 1.
 PROBS = np.array(
@@ -156,35 +151,34 @@ class TestInputValidation:
             ece(PROBS, [0, 1, 2, 3])
 
 
-class TestEvaluateModules:
-    def test_same_numbers_as_functions(self):
-        logits, labels = random_logits()
-        assert Accuracy().compute(predictions=logits, references=labels) == {
-            "accuracy": pytest.approx(top1(logits, labels))
-        }
-        assert TopKAccuracy().compute(predictions=logits, references=labels, k=3) == {
-            "top3_accuracy": pytest.approx(topk_accuracy(logits, labels, 3))
-        }
-        # Inputs are stored as float32, hence the tolerance.
-        assert NegativeLogLikelihood().compute(predictions=logits, references=labels)["nll"] == pytest.approx(
-            nll(logits, labels), rel=1e-6
-        )
-        assert ExpectedCalibrationError().compute(predictions=logits, references=labels, n_bins=10)[
-            "ece"
-        ] == pytest.approx(ece(logits, labels, n_bins=10), abs=1e-6)
+class TestAgainstTorchmetrics:
+    @pytest.mark.parametrize("k", [1, 3, 5])
+    def test_topk_accuracy(self, k):
+        logits, labels = random_logits(n=500, k=10, seed=k)
+        expected = multiclass_accuracy(
+            torch.tensor(logits), torch.tensor(labels), num_classes=10, top_k=k, average="micro"
+        ).item()
+        assert topk_accuracy(logits, labels, k=k) == pytest.approx(expected, abs=1e-6)
 
-    def test_add_batch(self):
-        logits, labels = random_logits()
-        metric = ExpectedCalibrationError()
-        for start in range(0, len(labels), 64):
-            metric.add_batch(predictions=logits[start : start + 64], references=labels[start : start + 64])
-        assert metric.compute()["ece"] == pytest.approx(ece(logits, labels, n_bins=15), abs=1e-6)
+    def test_summary(self):
+        from torchmetrics.functional.classification import multiclass_calibration_error
 
-    def test_default_top5(self):
-        logits, labels = random_logits()
-        assert TopKAccuracy().compute(predictions=logits, references=labels)[
-            "top5_accuracy"
-        ] == pytest.approx(topk_accuracy(logits, labels, 5))
+        logits, labels = random_logits(n=400, k=10, seed=7)
+        preds, target = torch.tensor(logits), torch.tensor(labels)
+        result = summary(logits, labels)
+        assert result == {
+            "accuracy": pytest.approx(
+                multiclass_accuracy(preds, target, 10, average="micro").item(), abs=1e-6
+            ),
+            "top5_accuracy": pytest.approx(
+                multiclass_accuracy(preds, target, 10, top_k=5, average="micro").item(), abs=1e-6
+            ),
+            "nll": pytest.approx(torch.nn.functional.cross_entropy(preds, target).item(), rel=1e-10),
+            "ece": pytest.approx(
+                multiclass_calibration_error(preds.float(), target, 10, n_bins=15).item(), abs=1e-5
+            ),
+        }
+        assert all(type(v) is float for v in result.values())
 
 
 class TestComputeMetrics:
@@ -204,3 +198,14 @@ class TestComputeMetrics:
         assert result["accuracy"] == pytest.approx(0.75)
         assert result["top5_accuracy"] == 1.0  # k = min(5, 3)
         assert result["ece"] == pytest.approx(ece(PROBS, LABELS, n_bins=15))
+
+
+def test_metrics_import_alone():
+    """`from hf_adautomix.evaluation import compute_metrics` (what Trainer uses) loads no other evaluation module:
+    not the robustness tools, which pull in the data pipeline, the model adapters and matplotlib."""
+    code = (
+        "import sys; from hf_adautomix.evaluation import compute_metrics; "
+        "print(sorted(m for m in sys.modules if m.startswith('hf_adautomix.evaluation.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["['hf_adautomix.evaluation.metrics']"]

@@ -16,7 +16,10 @@ from test_trainer import targs
 pytest.importorskip("imagecorruptions")
 
 from hf_adautomix import AdAutoMixTrainer, MixupArguments  # noqa: E402
+from hf_adautomix.backbones import ClassifierAdapter  # noqa: E402
 from hf_adautomix.evaluation import metrics  # noqa: E402
+from hf_adautomix.evaluation.cifar_c import CIFAR_C, CIFAR_C_PARAMS  # noqa: E402
+from hf_adautomix.evaluation.corruptions import require_imagecorruptions  # noqa: E402
 from hf_adautomix.evaluation.robustness import (  # noqa: E402
     CORRUPTIONS,
     clean_metrics,
@@ -101,6 +104,17 @@ class TestCorruptions:
         assert not np.array_equal(a, corrupt_image(img, "shot_noise", 2, "cifar", seed=6))
         assert np.array_equal(state, np.random.get_state()[1])
 
+    def test_the_cifar_table_has_every_type_in_order(self):
+        assert tuple(CIFAR_C) == CORRUPTIONS and set(CIFAR_C_PARAMS) == set(CORRUPTIONS)
+        assert all(len(CIFAR_C_PARAMS[name]) == 5 for name in CORRUPTIONS)
+
+    def test_missing_package_says_what_to_install(self, monkeypatch):
+        monkeypatch.setitem(sys.modules, "imagecorruptions", None)
+        with pytest.raises(ImportError, match=r"pip install 'hf_adautomix\[robustness\]'"):
+            require_imagecorruptions()
+        with pytest.raises(ImportError, match="imagecorruptions"):
+            corrupt_image(smooth_image(), "contrast", 1, "cifar")
+
     def test_bad_input(self):
         img = smooth_image()
         with pytest.raises(ValueError, match="Expected a corruption"):
@@ -152,6 +166,14 @@ class TestOnExportedModel:
     def test_load_exported_matches_the_trained_preprocessing(self, loaded):
         assert loaded.size == 32 and loaded.source.startswith("transformers:")
         assert loaded.transform(PILImage.fromarray(smooth_image())).shape == (3, 32, 32)
+
+    def test_the_model_is_the_exports_classifier_adapter(self, loaded):
+        # One model adapter in the package: evaluation loads through `backbones.load_export`.
+        assert isinstance(loaded.model, ClassifierAdapter) and not loaded.model.training
+        assert loaded.id2label == dict(enumerate(NAMES))
+        x = loaded.transform(PILImage.fromarray(smooth_image()))[None]
+        with torch.no_grad():
+            assert loaded.model(x).shape == (1, len(NAMES))
 
     def test_fgsm_zero_is_clean_and_positive_raises_the_loss(self, loaded):
         ds = raw_dataset(8)
@@ -248,3 +270,21 @@ def test_load_exported_timm_export(tmp_path):
     assert loaded.mean == pytest.approx(trainer.transform_info.mean)
     clean, logits, _ = clean_metrics(loaded, raw_dataset(4), batch_size=4, progress=False)
     assert logits.shape == (4, 4) and 0 <= clean["accuracy"] <= 1
+
+
+def test_script_refuses_data_with_another_class_count(export, tmp_path):
+    features = Features({"image": Image(), "label": ClassLabel(names=NAMES[:3])})
+    images = [PILImage.fromarray(smooth_image(32, i)) for i in range(6)]
+    data = tmp_path / "data"
+    DatasetDict(
+        {"train": Dataset.from_dict({"image": images, "label": [i % 3 for i in range(6)]}, features=features)}
+    ).save_to_disk(str(data))
+    sys.path.insert(0, EXAMPLES)
+    try:
+        import evaluate_robustness as script
+    finally:
+        sys.path.remove(EXAMPLES)
+    with pytest.raises(ValueError, match="The model has 4 classes but the data has 3"):
+        script.main(
+            ["--model_name_or_path", export, "--dataset_name", str(data), "--output_dir", str(tmp_path / "o")]
+        )

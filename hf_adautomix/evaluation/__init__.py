@@ -1,9 +1,55 @@
-"""Evaluation: offline classification metrics (accuracy, top-k, NLL, ECE) for Trainer and `evaluate`, and
-robustness evaluations of exported models (clean + calibration, corruptions, FGSM, occlusion) in `robustness`."""
+"""Evaluation of classifiers, one concern per module: `metrics` (top-1/top-k, NLL, ECE, Trainer's
+`compute_metrics`), `corruptions` (+ `cifar_c`), `prediction` (exported model + the prediction loop), `robustness`
+(the paper's evaluations), `probe` (`--eval_robustness` during training) and `report` (markdown, JSON, figures).
 
-from .metrics import *  # noqa: F403
-from .metrics import __all__ as _metrics_all
-from .robustness import *  # noqa: F403
-from .robustness import __all__ as _robustness_all
+Names import lazily, so `from hf_adautomix.evaluation import compute_metrics` loads only `metrics` (numpy).
+"""
 
-__all__ = [*_metrics_all, *_robustness_all]
+import importlib
+
+# name -> the submodule that defines it
+_SOURCES = {
+    **dict.fromkeys(
+        ("compute_metrics", "ece", "log_softmax", "nll", "summary", "top1", "topk_accuracy"), "metrics"
+    ),
+    **dict.fromkeys(
+        (
+            "CIFAR_C_PARAMS",
+            "CORRUPTIONS",
+            "OCCLUSION_RATIOS",
+            "corrupt_image",
+            "occlude",
+            "require_imagecorruptions",
+        ),
+        "corruptions",
+    ),
+    **dict.fromkeys(
+        ("FGSM_EPSILON", "LoadedModel", "fgsm", "load_exported", "logits_of", "predict"), "prediction"
+    ),
+    **dict.fromkeys(
+        (
+            "clean_metrics",
+            "evaluate_corruptions",
+            "evaluate_fgsm",
+            "evaluate_occlusion",
+            "evaluate_robustness",
+        ),
+        "robustness",
+    ),
+    **dict.fromkeys(
+        ("TRAINING_CORRUPTIONS", "RobustnessSubset", "robustness_metrics", "robustness_subset"), "probe"
+    ),
+    **dict.fromkeys(("results_markdown", "write_report"), "report"),
+}
+
+__all__ = sorted(_SOURCES)
+
+
+def __getattr__(name: str):
+    if name in _SOURCES:
+        return getattr(importlib.import_module(f".{_SOURCES[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SOURCES})

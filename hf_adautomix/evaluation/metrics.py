@@ -1,28 +1,25 @@
-"""Classification metrics that work offline: top-1/top-k accuracy, NLL and expected calibration error.
+"""Classification metrics, the one definition used everywhere: top-1 / top-k accuracy, NLL and expected
+calibration error, on numpy arrays of logits, plus `compute_metrics` for `transformers.Trainer`.
 
-The numpy functions are the single implementation; the `evaluate.Metric` subclasses and `compute_metrics`
-(for `transformers.Trainer`) call them. Nothing here touches the Hub: `evaluate.load("accuracy")` needs the
-network, so the `evaluate` modules are plain classes to instantiate directly::
-
-    ExpectedCalibrationError().compute(predictions=logits, references=labels, n_bins=15)
+Plain numpy, nothing from the Hub (`evaluate.load("accuracy")` needs the network). The tests check these numbers
+against torch and torchmetrics, independent implementations.
 """
 
 from __future__ import annotations
 
-import datasets
-import evaluate
+from typing import TYPE_CHECKING
+
 import numpy as np
-from transformers import EvalPrediction
+
+if TYPE_CHECKING:
+    from transformers import EvalPrediction
 
 __all__ = [
-    "Accuracy",
-    "ExpectedCalibrationError",
-    "NegativeLogLikelihood",
-    "TopKAccuracy",
     "compute_metrics",
     "ece",
     "log_softmax",
     "nll",
+    "summary",
     "top1",
     "topk_accuracy",
 ]
@@ -136,12 +133,28 @@ def ece(probs_or_logits, labels, n_bins: int = 15, from_logits: bool | None = No
     return float(np.abs(gap).sum() / len(labels))
 
 
-def compute_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
-    """`compute_metrics` for `transformers.Trainer`: accuracy, top-5 accuracy, NLL and ECE (15 bins) of the logits.
+def summary(logits, labels) -> dict[str, float]:
+    """Accuracy, top-5 accuracy, NLL and ECE (15 bins) of (N, K) logits.
 
-    `top5_accuracy` uses `k = min(5, num_classes)`, so with 5 classes or fewer it is 1.0. When the model
-    returns several outputs (`predictions` is a tuple), the first one is taken as the logits; keep full logits
-    (no `preprocess_logits_for_metrics` argmax) since NLL and ECE need them.
+    `top5_accuracy` uses `k = min(5, num_classes)`, so with 5 classes or fewer it is 1.0.
+
+    Returns:
+        `{"accuracy", "top5_accuracy", "nll", "ece"}` as Python floats.
+    """
+    logits, labels = _check(logits, labels)
+    return {
+        "accuracy": top1(logits, labels),
+        "top5_accuracy": topk_accuracy(logits, labels, k=min(5, logits.shape[1])),
+        "nll": nll(logits, labels),
+        "ece": ece(logits, labels, n_bins=15, from_logits=True),
+    }
+
+
+def compute_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
+    """`compute_metrics` for `transformers.Trainer`: `summary` of the logits.
+
+    When the model returns several outputs (`predictions` is a tuple), the first one is taken as the logits; keep
+    full logits (no `preprocess_logits_for_metrics` argmax) since NLL and ECE need them.
 
     Args:
         eval_pred: Trainer's predictions (N, K) and `label_ids` (N,).
@@ -154,79 +167,4 @@ def compute_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
         logits = logits[0]
     if isinstance(labels, (tuple, list)):
         labels = labels[0]
-    logits, labels = _check(logits, labels)
-    return {
-        "accuracy": top1(logits, labels),
-        "top5_accuracy": topk_accuracy(logits, labels, k=min(5, logits.shape[1])),
-        "nll": nll(logits, labels),
-        "ece": ece(logits, labels, n_bins=15, from_logits=True),
-    }
-
-
-# ----------------------------------------------------------------------------------------------------------
-# `evaluate` modules. Instantiate them directly (no `evaluate.load`); they keep their inputs in memory.
-# ----------------------------------------------------------------------------------------------------------
-
-_FEATURES = datasets.Features(
-    {"predictions": datasets.Sequence(datasets.Value("float32")), "references": datasets.Value("int64")}
-)
-_INPUTS = """
-Args:
-    predictions: (N, K) logits, one row of class scores per sample.
-    references: (N,) integer class ids.
-"""
-
-
-class _LogitsMetric(evaluate.Metric):
-    """Shared plumbing: logits/labels features, in-memory storage by default."""
-
-    description = ""
-
-    def __init__(self, keep_in_memory: bool = True, **kwargs):
-        super().__init__(keep_in_memory=keep_in_memory, **kwargs)
-
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=self.description,
-            citation="",
-            inputs_description=_INPUTS,
-            features=_FEATURES,
-        )
-
-
-class Accuracy(_LogitsMetric):
-    """Top-1 accuracy of logits: `{"accuracy": float}`."""
-
-    description = "Top-1 accuracy of (N, K) logits against integer labels."
-
-    def _compute(self, predictions, references) -> dict[str, float]:
-        return {"accuracy": top1(predictions, references)}
-
-
-class TopKAccuracy(_LogitsMetric):
-    """Top-k accuracy of logits: `compute(..., k=5)` gives `{"top5_accuracy": float}`."""
-
-    description = "Top-k accuracy of (N, K) logits against integer labels; pass k= to compute (default 5)."
-
-    def _compute(self, predictions, references, k: int = 5) -> dict[str, float]:
-        return {f"top{k}_accuracy": topk_accuracy(predictions, references, k=k)}
-
-
-class NegativeLogLikelihood(_LogitsMetric):
-    """Mean negative log-likelihood of the softmax of logits: `{"nll": float}`."""
-
-    description = "Mean negative log-likelihood (cross-entropy) of softmax(logits) at the labels."
-
-    def _compute(self, predictions, references) -> dict[str, float]:
-        return {"nll": nll(predictions, references)}
-
-
-class ExpectedCalibrationError(_LogitsMetric):
-    """Top-label ECE of logits: `compute(..., n_bins=15)` gives `{"ece": float}` (binning as in `ece`)."""
-
-    description = "Top-label expected calibration error with equal-width bins (torchmetrics' binning)."
-
-    def _compute(
-        self, predictions, references, n_bins: int = 15, from_logits: bool | None = True
-    ) -> dict[str, float]:
-        return {"ece": ece(predictions, references, n_bins=n_bins, from_logits=from_logits)}
+    return summary(logits, labels)
