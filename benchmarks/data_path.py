@@ -183,10 +183,11 @@ def trainer_for(args, variant: str, out: str, steps: int):
 
     from hf_adautomix import AdAutoMixTrainer
     from hf_adautomix import data as data_lib
+    from hf_adautomix.data import in_memory
 
     train = load_split(args.train_file, args.train_samples)
     if variant == "api raw, per image":
-        data_lib.DECODE_ONCE_MAX_BYTES = 0
+        in_memory.DECODE_ONCE_MAX_BYTES = 0  # read where it is used
     if variant.startswith('api with_format("torch")'):
         _, eval_tf = data_lib.build_transforms("cifar", 32, CIFAR_MEAN, CIFAR_STD)
         train = train.map(
@@ -195,7 +196,7 @@ def trainer_for(args, variant: str, out: str, steps: int):
             remove_columns=train.column_names,
         ).with_format("torch")
         if variant.endswith("via datasets"):
-            data_lib.in_memory_tensors = lambda ds: None
+            in_memory.in_memory_tensors = lambda ds: None  # read where it is used
     targs = TrainingArguments(
         output_dir=out,
         per_device_train_batch_size=args.batch_size,

@@ -27,7 +27,7 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from hf_adautomix import AdAutoMixTrainer, DataTrainingArguments, MixupArguments, ModelArguments
 from hf_adautomix.arguments import bad_choice_message
-from hf_adautomix.backbones import build_model
+from hf_adautomix.backbones import build_model, wrap_classifier
 from hf_adautomix.checkpoints import check_output_dir, resolve_resume, run_record
 from hf_adautomix.data import (
     apply_transforms,
@@ -192,9 +192,8 @@ def main(argv: list[str] | None = None) -> dict:
         revision=model_args.model_revision,
     )
 
-    # ----- Before training, everything that could fail after it: a corrupt validation image, an output folder
-    # that cannot take the model, checkpoints of an earlier run of this command (resume them, or refuse) --------
-    check_images(image_data.validation, image_data.image_column, "validation")
+    # ----- Before training, everything that could fail after it: an output folder that cannot take the model,
+    # checkpoints of an earlier run of this command (resume them, or refuse); a corrupt image, below -------------
     model_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     checkpointing = training_args.save_strategy != "no"
     check_output_dir(training_args.output_dir, int(model_bytes * (1.2 + 4 * checkpointing)) + 2**20)
@@ -207,14 +206,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ----- Transforms: the CIFAR recipe for small images, the ImageNet recipe otherwise; the data's size unless
     # the model needs its own (ViT, Swin); a pretrained model's mean/std. The same decision as the Python API's ----
-    train_tf, eval_tf, info = resolve_transforms(
-        image_data,
-        data_args,
-        model,
-        seed=training_args.seed,
-        pretrained=bool(model_args.pretrained or model_args.model_name_or_path),
+    model_data = wrap_classifier(model).data_facts(
+        pretrained=bool(model_args.pretrained or model_args.model_name_or_path)
     )
+    train_tf, eval_tf, info = resolve_transforms(image_data, data_args, model_data, seed=training_args.seed)
     image_data = apply_transforms(image_data, train_tf, eval_tf)
+    # Small images are decoded once into memory, which names every undecodable one; other validation images are
+    # decoded here, so that a corrupt one stops the run now rather than after training.
+    check_images(image_data.validation, image_data.image_column, "validation")
 
     # ----- Trainer ----------------------------------------------------------------------------------------------
     trainer = AdAutoMixTrainer(

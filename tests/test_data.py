@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers import HfArgumentParser
 
+from hf_adautomix.backbones import wrap_classifier
 from hf_adautomix.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -669,7 +670,8 @@ class TestPretrainedPreprocessing:
             "mean": (0.5, 0.4, 0.3),
             "std": (0.25, 0.2, 0.3),
         }
-        _, eval_tf, info = resolve_transforms(self.data(), DataTrainingArguments(), model, pretrained=True)
+        facts = wrap_classifier(model).data_facts
+        _, eval_tf, info = resolve_transforms(self.data(), DataTrainingArguments(), facts(pretrained=True))
         assert (info.recipe, info.size, info.crop_pct, info.interpolation) == (
             "imagenet",
             48,
@@ -682,7 +684,7 @@ class TestPretrainedPreprocessing:
         assert eval_tf(img).shape == theirs.shape == (3, 48, 48)
         assert (eval_tf(img) - theirs).abs().mean() < 0.02
         # Not pretrained: the recipe's preprocessing, not the checkpoint's.
-        _, _, info = resolve_transforms(self.data(), DataTrainingArguments(), model, pretrained=False)
+        _, _, info = resolve_transforms(self.data(), DataTrainingArguments(), facts(pretrained=False))
         assert (info.recipe, info.size, info.crop_pct, info.interpolation) == (
             "cifar",
             40,
@@ -691,7 +693,7 @@ class TestPretrainedPreprocessing:
         )
         # The user's image size still wins; the rest follows the model.
         _, _, info = resolve_transforms(
-            self.data(), DataTrainingArguments(image_size=32), model, pretrained=True
+            self.data(), DataTrainingArguments(image_size=32), facts(pretrained=True)
         )
         assert (info.size, info.crop_pct, info.mean) == (32, 0.8, (0.5, 0.4, 0.3))
 
@@ -719,7 +721,9 @@ class TestPretrainedPreprocessing:
             tmp_path
         )
         model = AutoModelForImageClassification.from_pretrained(tmp_path)
-        _, eval_tf, info = resolve_transforms(self.data(), DataTrainingArguments(), model)
+        _, eval_tf, info = resolve_transforms(
+            self.data(), DataTrainingArguments(), wrap_classifier(model).data_facts()
+        )
         assert (info.recipe, info.size, info.crop_pct, info.interpolation) == ("imagenet", *expected)
         assert (info.mean, info.std) == ((0.5, 0.4, 0.3), (0.25, 0.2, 0.3))
         img = image((101, 83))
@@ -737,5 +741,7 @@ class TestPretrainedPreprocessing:
 
         make_model("hf_convnext", num_labels=2)[0].save_pretrained(tmp_path)
         model = AutoModelForImageClassification.from_pretrained(tmp_path)
-        _, _, info = resolve_transforms(self.data(), DataTrainingArguments(), model)
+        _, _, info = resolve_transforms(
+            self.data(), DataTrainingArguments(), wrap_classifier(model).data_facts()
+        )
         assert (info.recipe, info.size, info.crop_pct) == ("cifar", 40, "recipe")

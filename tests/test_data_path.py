@@ -13,10 +13,10 @@ from conftest import make_model
 from transformers import TrainingArguments
 
 from hf_adautomix import AdAutoMixTrainer, MixupArguments
+from hf_adautomix.backbones import wrap_classifier
 from hf_adautomix.data import (
     DataTrainingArguments,
     collate_fn,
-    fixed_input_size,
     load_image_datasets,
     set_augmentation_epoch,
 )
@@ -126,7 +126,7 @@ class TestFixedInputSize:
         ],
     )
     def test_families(self, family, expected):
-        assert fixed_input_size(make_model(family)[0]) == expected
+        assert wrap_classifier(make_model(family)[0]).data_facts()["fixed_size"] == expected
 
     def test_api_uses_the_size_a_swin_needs(self, tmp_path):
         raw = raw_splits(n_train=4, n_val=4)
@@ -208,8 +208,8 @@ def test_a_pretrained_cifar_stem_model_keeps_the_data_size(monkeypatch):
     images = [Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)) for i in range(4)]
     ds = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 0, 1]})
     image_data = data_lib.ImageData(ds, ds, "image", "label", ["a", "b"], "test")
-    _, _, info = data_lib.resolve_transforms(
-        image_data, data_lib.DataTrainingArguments(), model, pretrained=True
-    )
+    facts = wrap_classifier(model).data_facts(pretrained=True)
+    assert facts["cifar_stem"] and facts["pretrained_config"] is not None  # the branch under test
+    _, _, info = data_lib.resolve_transforms(image_data, data_lib.DataTrainingArguments(), facts)
     assert info.size == 32 and info.recipe == "cifar"
     assert info.mean == (0.1, 0.2, 0.3) and info.std == (0.4, 0.5, 0.6)

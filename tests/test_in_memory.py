@@ -137,7 +137,7 @@ class TestDecodedOnce:
             assert not isinstance(out.train, InMemoryImages)
 
     def test_too_large_a_split_stays_per_image(self, monkeypatch):
-        monkeypatch.setattr(data_lib, "DECODE_ONCE_MAX_BYTES", 24 * 3 * 32 * 32 - 1)
+        monkeypatch.setattr(data_lib.in_memory, "DECODE_ONCE_MAX_BYTES", 24 * 3 * 32 * 32 - 1)
         per_image, in_memory = both_paths("cifar")
         assert not isinstance(in_memory.train, InMemoryImages)
 
