@@ -27,6 +27,7 @@ Model: a CIFAR ResNet-18 (transformers ResNet, basic blocks, depths 2-2-2-2) of 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -120,7 +121,8 @@ def build(name: str, args, device):
     # fp16 scales every backward, also the per-pass ones inside the forward (as Trainer's accelerator does).
     wrapper.scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
     scale = wrapper.scaler.scale if wrapper.scaler is not None else (lambda loss: loss)
-    wrapper.backward_fn = (lambda loss: scale(loss).backward()) if per_pass else None
+    # Lent for each step's forward (`MixupModel.per_pass_backward`), as the trainer's `training_step` does.
+    wrapper.bench_backward = (lambda loss: scale(loss).backward()) if per_pass else None
     opt = torch.optim.SGD([p for p in wrapper.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     return wrapper, opt
 
@@ -132,7 +134,9 @@ AMP = {"dtype": None}  # set from --amp
 def step(wrapper, opt, x, y):
     opt.zero_grad(set_to_none=True)
     dtype, scaler = AMP["dtype"], wrapper.scaler
-    with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    fn = wrapper.bench_backward
+    lent = wrapper.per_pass_backward(fn) if fn is not None else contextlib.nullcontext()
+    with lent, torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         loss = wrapper(x, y)["loss"]
     if scaler is None:
         loss.backward()

@@ -24,7 +24,17 @@ _LAZY = {
     "wrap_classifier": "backbones",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "AdAutoMixTrainer",
+    "DataTrainingArguments",
+    "EMASchedule",
+    "MixupArguments",
+    "MixupModel",
+    "ModelArguments",
+    "build_model",
+    "wrap_classifier",
+]
+assert sorted(__all__) == sorted(_LAZY)
 
 if TYPE_CHECKING:
     from .arguments import MixupArguments, ModelArguments

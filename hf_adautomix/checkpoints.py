@@ -4,6 +4,10 @@ Trainer writes `checkpoint-N/` file by file, so a kill during a save leaves a fo
 but is not. `AdAutoMixTrainer` finishes every save by writing `COMPLETE_FILE` (the names and sizes of every file,
 written to a temporary name and renamed, so it is there whole or not at all) and only then deletes older
 checkpoints. A checkpoint is *complete* when that file is there and every file it lists has its size.
+
+The other faults a run must survive are here too: resuming a re-run command (or refusing it when its arguments
+changed), an output folder that cannot hold the results, and divergence (`NonFiniteError`, raised by the non-finite
+guard, which points back to the last complete checkpoint, and by the export, which never writes non-finite weights).
 """
 
 from __future__ import annotations
@@ -17,6 +21,10 @@ logger = logging.getLogger(__name__)
 
 COMPLETE_FILE = "hf_adautomix_complete.json"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a non-finite loss or gradient (or non-finite weights were about to be exported)."""
 
 
 def checkpoint_dirs(folder: str) -> list[str]:
@@ -97,6 +105,37 @@ def check_resumable(checkpoint: str) -> None:
 def _step(checkpoint: str) -> int:
     m = _CHECKPOINT_RE.match(os.path.basename(os.path.normpath(checkpoint)))
     return int(m.group(1)) if m else -1
+
+
+def checkpoint_to_resume(resume: str | bool | None, output_dir: str) -> str | None:
+    """What `train(resume_from_checkpoint=resume)` resumes from: for True the last *complete* checkpoint in
+    `output_dir` (skipping, with a warning, any that an interrupted save left), a named checkpoint once
+    `check_resumable` passed it, else None."""
+    if resume is True:
+        checkpoint = last_complete_checkpoint(output_dir)
+        if checkpoint is None:
+            raise ValueError(
+                f"resume_from_checkpoint=True: there is no complete checkpoint in {output_dir!r}."
+            )
+        logger.warning("Resuming from %s.", checkpoint)
+        return checkpoint
+    if resume:
+        check_resumable(resume)
+    return resume or None
+
+
+def finished_at(checkpoint: str, max_steps: int, num_train_epochs: float) -> bool:
+    """Whether `checkpoint` was taken at the end of training: `max_steps` steps when > 0, else the whole run of
+    `num_train_epochs` epochs it was saved in (its `trainer_state.json`)."""
+    path = os.path.join(checkpoint, "trainer_state.json")
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        state = json.load(f)
+    step = state.get("global_step", 0)
+    if max_steps > 0:
+        return step >= max_steps
+    return step >= state.get("max_steps", 0) and state.get("num_train_epochs", 0) == num_train_epochs
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -5,8 +5,11 @@ It trains a tiny HF ResNet (conftest.TINY_RESNET, CIFAR stem) with `--mixup adau
 dataset, then each rank writes
   <output_dir>/rank{r}.safetensors  its full `trainer.model.state_dict()` (classifier, generator, mix head, EMA
                                     teacher, mix-head teacher, step) after training,
-  <output_dir>/rank{r}.json         world size, distributed type, the samples it saw (one id per sample), and per
-                                    micro-batch the model step and the mixer's λ₁ / adversarial flag / losses.
+  <output_dir>/rank{r}.json         world size, distributed type, the samples it saw (one id per sample), per
+                                    micro-batch the model step and the mixer's λ₁ / adversarial flag / losses, and
+                                    the calls of `torch.distributed.broadcast` (per optimizer step, and in all),
+  <output_dir>/rank{r}_eval{step}.safetensors  with `--eval_strategy steps` and `--num_eval_samples`: every buffer
+                                    as the evaluation at that step sees it.
 With `--check fsdp` it only builds the trainer (TrainingArguments should carry `--fsdp ...`) and writes the
 error it raised to <output_dir>/rank{r}.json.
 
@@ -27,7 +30,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from transformers import HfArgumentParser, TrainingArguments  # noqa: E402
+from transformers import HfArgumentParser, TrainerCallback, TrainingArguments  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # conftest (tiny model configs)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # hf_adautomix when not installed
@@ -41,6 +44,7 @@ from hf_adautomix import AdAutoMixTrainer, MixupArguments  # noqa: E402
 class WorkerArguments:
     check: str = field(default="train", metadata={"help": "train | fsdp"})
     num_samples: int = field(default=32, metadata={"help": "Size of the tensor dataset."})
+    num_eval_samples: int = field(default=0, metadata={"help": "Size of the eval dataset (0: none)."})
 
 
 def tensor_dataset(n: int, size: int = 32, num_labels: int = 4, seed: int = 0):
@@ -59,10 +63,29 @@ def tensor_dataset(n: int, size: int = 32, num_labels: int = 4, seed: int = 0):
 class RecordingTrainer(AdAutoMixTrainer):
     """Records, per micro-batch, the model step the mixer saw, its terms, and the ids of the samples."""
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        self.outputs = outputs  # the train forward's {"loss", **terms}
+        return (loss, outputs) if return_outputs else loss
+
+    def evaluation_loop(self, *args, **kwargs):
+        # inside `evaluate`, after its buffer sync: the buffers this rank evaluates with
+        from safetensors.torch import save_file
+
+        buffers = {k: v.detach().clone() for k, v in self.model.named_buffers()}
+        save_file(
+            buffers,
+            os.path.join(
+                self.args.output_dir,
+                f"rank{self.args.process_index}_eval{self.state.global_step}.safetensors",
+            ),
+        )
+        return super().evaluation_loop(*args, **kwargs)
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         step = int(self.model.step)
         loss = super().training_step(model, inputs, num_items_in_batch)
-        terms = self.model.last_terms
+        terms = self.outputs
         self.records.append(
             {
                 "step": step,
@@ -76,6 +99,34 @@ class RecordingTrainer(AdAutoMixTrainer):
             }
         )
         return loss
+
+
+def count_broadcasts() -> dict:
+    """Counts the calls of `torch.distributed.broadcast` from here on (DDP's own buffer sync at each forward is a
+    coalesced broadcast in C++, not counted)."""
+    seen = {"calls": 0}
+    broadcast = torch.distributed.broadcast
+
+    def counting(*args, **kwargs):
+        seen["calls"] += 1
+        return broadcast(*args, **kwargs)
+
+    torch.distributed.broadcast = counting
+    return seen
+
+
+class BroadcastsPerStep(TrainerCallback):
+    """The broadcasts between the start and the end of each optimizer step (forward, backward, optimizer step, EMA
+    update and their callbacks)."""
+
+    def __init__(self, seen: dict):
+        self.seen, self.per_step, self.start = seen, [], 0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.start = self.seen["calls"]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.per_step.append(self.seen["calls"] - self.start)
 
 
 def main(argv=None) -> None:
@@ -104,11 +155,17 @@ def main(argv=None) -> None:
             torch.distributed.destroy_process_group()
         return
 
+    broadcasts = count_broadcasts()
+    per_step = BroadcastsPerStep(broadcasts)
     trainer = RecordingTrainer(
         model=model,
         args=training_args,
         mixup_args=mixup_args,
         train_dataset=tensor_dataset(worker_args.num_samples, size),
+        eval_dataset=tensor_dataset(worker_args.num_eval_samples, size, seed=1)
+        if worker_args.num_eval_samples
+        else None,
+        callbacks=[per_step],
     )
     trainer.records = []
     from accelerate.utils import DistributedType
@@ -132,6 +189,8 @@ def main(argv=None) -> None:
         "global_step": trainer.state.global_step,
         "model_step": int(trainer.model.step),
         "records": trainer.records,
+        "broadcasts": broadcasts["calls"],
+        "broadcasts_per_step": per_step.per_step,
         "log_history": [h for h in trainer.state.log_history if "loss" in h],
     }
     (out / f"rank{rank}.json").write_text(json.dumps(info))

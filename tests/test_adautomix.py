@@ -414,8 +414,7 @@ class TestAlternation:
         for step, expected in enumerate([1.0, 0.0, 1.0, 0.0]):
             assert int(model.step) == step
             torch.manual_seed(step)
-            model(x, y)
-            t = model.last_terms
+            t = model(x, y)  # {"loss", **terms}
             assert float(t["adversarial"]) == expected
             if expected:
                 assert_close(t["loss_theta"], -beta * t["loss_teacher"] + (1 - beta) * t["cos_sim"])

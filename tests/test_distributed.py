@@ -132,16 +132,16 @@ def is_bn_running_stat(key: str) -> bool:
     return key.endswith(("running_mean", "running_var"))
 
 
+# Evaluations at steps 2 and 4 (16 rows: 8 per rank).
+EVALUATED = ["--eval_strategy", "steps", "--eval_steps", "2", "--num_eval_samples", "16"]
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
-    """torchrun, 2 CPU processes, 4 steps of adautomix, checkpoint-2 and checkpoint-4 saved on the way."""
+    """torchrun, 2 CPU processes, 4 steps of adautomix, checkpoint-2 and checkpoint-4 saved and the model evaluated
+    at steps 2 and 4 on the way."""
     out = tmp_path_factory.mktemp("ddp") / "full"
-    return torchrun(
-        out,
-        [
-            *CHECKPOINTED,
-        ],
-    )
+    return torchrun(out, [*CHECKPOINTED, *EVALUATED])
 
 
 # -- 1. ranks stay in sync and train on different data -----------------------------------------------------------
@@ -158,11 +158,11 @@ def test_torchrun_two_cpu_processes_keep_parameters_identical(ddp_run):
         "mixer.generator",
         "mixer.mix_head",
         "mixer.mix_head_teacher",
-        "step",
+        "_extra_state",
     } <= prefixes
-    assert int(sd0["step"]) == int(sd1["step"]) == 4
+    assert int(sd0["_extra_state"]) == int(sd1["_extra_state"]) == 4  # MixupModel.step
     differing = [k for k in sd0 if not torch.equal(sd0[k], sd1[k])]
-    # Every parameter (online, generator, mix head, both EMA teachers), `step`, num_batches_tracked: bitwise equal.
+    # Every parameter (online, generator, mix head, both EMA teachers), the step, num_batches_tracked: bitwise equal.
     # Only BN running statistics may differ (see the next test).
     assert all(is_bn_running_stat(k) for k in differing), differing
 
@@ -171,6 +171,28 @@ def test_torchrun_every_buffer_identical_after_training(ddp_run):
     (sd0, _), (sd1, _) = load_rank(ddp_run, 0), load_rank(ddp_run, 1)
     differing = [k for k in sd0 if not torch.equal(sd0[k], sd1[k])]
     assert not differing, f"{len(differing)} tensors differ across ranks, e.g. {differing[:3]}"
+
+
+def test_every_rank_evaluates_with_the_same_buffers(ddp_run):
+    """Each rank evaluates its half of the eval set: with rank 0's BN statistics (of the classifier, the teacher
+    and the mix heads), synced before the evaluation."""
+    from safetensors.torch import load_file
+
+    for step in (2, 4):
+        b0, b1 = (load_file(str(ddp_run / f"rank{r}_eval{step}.safetensors")) for r in (0, 1))
+        assert b0.keys() == b1.keys() and any(is_bn_running_stat(k) for k in b0)
+        differing = [k for k in b0 if not torch.equal(b0[k], b1[k])]
+        assert not differing, f"step {step}: {len(differing)} buffers differ, e.g. {differing[:3]}"
+
+
+def test_buffers_are_not_broadcast_at_every_step(ddp_run):
+    """DDP itself sends rank 0's buffers at each training forward, so the trainer syncs them only where the ranks
+    use their own: before each evaluation and at the end of training, one collective each (not one per buffer per
+    optimizer step: ≈ 120 per step for a ResNet-18 and its teacher)."""
+    for rank in (0, 1):
+        _, info = load_rank(ddp_run, rank)
+        assert info["broadcasts_per_step"] == [0, 0, 0, 0]
+        assert info["broadcasts"] == 3  # evaluations at steps 2 and 4, end of training
 
 
 def test_ranks_train_on_different_data(ddp_run):
@@ -191,11 +213,7 @@ def test_ranks_train_on_different_data(ddp_run):
 def test_two_process_resume_is_exact(ddp_run):
     resumed = torchrun(
         ddp_run.parent / "resumed",
-        [
-            *CHECKPOINTED,
-            "--resume_from_checkpoint",
-            str(ddp_run / "checkpoint-2"),
-        ],
+        [*CHECKPOINTED, *EVALUATED, "--resume_from_checkpoint", str(ddp_run / "checkpoint-2")],
     )
     for rank in (0, 1):
         (full, full_info), (res, res_info) = load_rank(ddp_run, rank), load_rank(resumed, rank)
@@ -228,11 +246,10 @@ def test_accelerate_launch_multi_cpu_with_gradient_accumulation(tmp_path):
 
 # -- 3. gradient accumulation: the alternation advances once per optimizer step ---------------------------------
 class _RecordingTrainer(AdAutoMixTrainer):
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        step = int(self.model.step)
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        self.seen.append((step, int(self.model.last_terms["adversarial"])))
-        return loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        self.seen.append((int(self.model.step), int(outputs["adversarial"])))  # the train forward's terms
+        return (loss, outputs) if return_outputs else loss
 
 
 def test_grad_accumulation_alternation_advances_per_optimizer_step(tmp_path):

@@ -76,7 +76,7 @@ class TestEMASchedule:
     def test_model_momentum_follows_step_and_total(self):
         model = learned_model(ema_schedule=EMASchedule(warmup=False))
         model.total_steps = 1000
-        model.step.fill_(100)
+        model.step = 100
         assert model.current_momentum() == EMASchedule(warmup=False)(100, 1000)
 
 

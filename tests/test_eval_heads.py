@@ -103,6 +103,35 @@ class TestLearnedMixerHeads:
             assert not torch.allclose(loaded(x), mix)
 
 
+def test_one_pass_over_the_data_gives_each_head_alone(tmp_path):
+    """All four heads from one pass over the eval set (one batch read per batch of data, not four), with the numbers
+    of Trainer's evaluation of each head alone (the `eval_ema` / `eval_mix_head` switches) to 1e-6; a ragged last
+    batch (20 rows, batches of 8) checks that each head's loss weighs every row once. The RNG is left as found."""
+    from transformers import Trainer
+
+    trainer = make_trainer(tmp_path, mixup="adautomix")
+    trainer.eval_dataset = tensor_dataset(20, seed=2)
+    trainer.train()
+    batches = []
+    collate = trainer.data_collator
+    trainer.data_collator = lambda rows: batches.append(len(rows)) or collate(rows)
+    rng = torch.get_rng_state()
+    metrics = trainer.evaluate()
+    assert torch.equal(rng, torch.get_rng_state())
+    assert batches == [8, 8, 4]
+    trainer.data_collator = collate
+    model = trainer.model
+    for prefix in CLEAN + MIX_HEADS:
+        model.eval_ema, model.eval_mix_head = "ema" in prefix, "mix_head" in prefix
+        try:
+            alone = Trainer.evaluate(trainer, metric_key_prefix=prefix)  # stock: one head, one pass
+        finally:
+            model.eval_ema = model.eval_mix_head = False
+        for stat in STATS:
+            key = f"{prefix}_{stat}"
+            assert metrics[key] == pytest.approx(alone[key], rel=1e-6, abs=1e-6), key
+
+
 @pytest.mark.parametrize(
     "mixup",
     [dict(mixup="adautomix", share_mix_head=True), dict(mixup="mixup", ema=True)],

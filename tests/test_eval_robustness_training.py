@@ -49,7 +49,7 @@ def evaluated(tmp_path_factory):
     rng_before = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
     first = trainer.evaluate()
     rng_after = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
-    subset = trainer._robustness_subset
+    subset = trainer.robustness_probe.subset
     second = trainer.evaluate()
     return trainer, first, second, subset, rng_before, rng_after
 
@@ -74,14 +74,14 @@ class TestDuringEvaluate:
 
     def test_the_subset_is_built_once_and_gives_the_same_numbers(self, evaluated):
         trainer, first, second, subset, *_ = evaluated
-        assert trainer._robustness_subset is subset
+        assert trainer.robustness_probe.subset is subset
         assert {k: v for k, v in first.items() if "robust" in k} == {
             k: v for k, v in second.items() if "robust" in k
         }
 
     def test_subset_is_the_first_rows_corrupted_and_half_occluded(self, evaluated):
         trainer, *_ = evaluated
-        subset = trainer._robustness_subset
+        subset = trainer.robustness_probe.subset
         rows = [trainer.eval_dataset[i] for i in range(SAMPLES)]
         std = min(trainer.transform_info.std)
         clean = torch.stack([r["pixel_values"] for r in rows])
@@ -112,7 +112,7 @@ class TestDuringEvaluate:
         # (Trainer's own evaluation loop leaves the model in eval mode; the next training step sets train mode.)
         for mode in (True, False):
             trainer.model.train(mode)
-            trainer._robustness_metrics("eval")
+            trainer.robustness_probe.measure(trainer, "eval")
             assert trainer.model.training is mode and not trainer.model.teacher.training
 
 

@@ -324,3 +324,24 @@ def test_exports_load_without_hf_adautomix(exports, tmp_path):
     pixels_top = NAMES[int(logits_of(cifar_adapter, pixels).argmax())]
     assert results["cifar_snippet_0"]["labels"] == [pixels_top]
     assert "Unknown model (resnet18_cifar)" in results["timm_resnet_cifar"]["error"]
+
+
+@pytest.mark.parametrize("family", ["hf_resnet_cifar", "timm_resnet"])
+def test_save_model_to_another_folder_is_the_export(family, exports, tmp_path):
+    """`save_model(dir)` writes the same native export (weights, config, processor, card) to any folder, not only to
+    output_dir (issue 16, defect 2: another folder got the training wrapper's state dict, which nothing loads)."""
+    from transformers import AutoModelForImageClassification
+
+    trainer, out, adapter = exports(family)
+    other = str(tmp_path / "another_dir")
+    trainer.save_model(other)
+    names = ["config.json", "model.safetensors", "README.md"]
+    names += ["preprocessor_config.json"] if adapter.family == "transformers" else []
+    for name in names:
+        with open(os.path.join(other, name), "rb") as a, open(os.path.join(out, name), "rb") as b:
+            assert a.read() == b.read(), name
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    model = AutoModelForImageClassification.from_pretrained(other).eval()
+    assert [model.config.id2label[i] for i in range(4)] == NAMES
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values=x).logits, logits_of(adapter, x), atol=1e-5, rtol=0)

@@ -336,7 +336,7 @@ def test_hub_token_never_reaches_disk(tmp_path, monkeypatch):
 class TestNonFiniteInTheAPI:
     """`NonFiniteGuard` with NaN injected into the loss of chosen steps (1-based optimizer steps)."""
 
-    def trainer(self, tmp_path, bad_steps, max_skips, mixup="adautomix", max_steps=6):
+    def trainer(self, tmp_path, bad_steps, max_skips, mixup="adautomix", max_steps=6, **args):
         from conftest import make_model
         from test_trainer import targs, tensor_dataset
 
@@ -346,7 +346,12 @@ class TestNonFiniteInTheAPI:
         trainer = AdAutoMixTrainer(
             model=model,
             args=targs(
-                tmp_path, max_steps=max_steps, optim="sgd", optim_args="momentum=0.9", weight_decay=1e-3
+                tmp_path,
+                max_steps=max_steps,
+                optim="sgd",
+                optim_args="momentum=0.9",
+                weight_decay=1e-3,
+                **args,
             ),
             mixup_args=MixupArguments(mixup=mixup, save_mix_every=0, max_nonfinite_steps=max_skips),
             train_dataset=tensor_dataset(16),
@@ -385,7 +390,9 @@ class TestNonFiniteInTheAPI:
         assert logged[-1] == 2
         # Trainer's NaN filter of the logged loss, applied on the device: every logged total loss is finite.
         history = trainer.state.log_history
-        losses = [h["train_loss_total"] for h in history if "train_loss_total" in h] + [history[-1]["train_loss"]]
+        losses = [h["train_loss_total"] for h in history if "train_loss_total" in h] + [
+            history[-1]["train_loss"]
+        ]
         assert len(losses) > 1 and all(math.isfinite(v) for v in losses)
         assert trainer.args.logging_nan_inf_filter  # the user's flag, as it was before train()
         for step in (2, 4):
@@ -394,7 +401,7 @@ class TestNonFiniteInTheAPI:
             # the EMA teacher (towards unchanged weights) and the step counter move on
             moved = {k for k in before if not torch.equal(before[k], after[k])}
             assert moved and all(
-                k.startswith(("teacher.", "mixer.mix_head_teacher.")) or k == "step" for k in moved
+                k.startswith(("teacher.", "mixer.mix_head_teacher.")) or k == "_extra_state" for k in moved
             ), moved
         assert all(t.isfinite().all() for t in trainer.model.state_dict().values() if t.is_floating_point())
         trainer.save_model()  # finite: exports
@@ -413,6 +420,25 @@ class TestNonFiniteInTheAPI:
         with pytest.raises(NonFiniteError, match=r"diverged at step 3"):
             trainer.train()
         assert trainer.state.global_step == 2
+
+    @pytest.mark.parametrize("restore", [False, True], ids=["default", "restore_callback_states"])
+    def test_skip_count_survives_a_resume(self, tmp_path, restore):
+        """--max_nonfinite_steps counts over the whole run: with 1 allowed and step 2 skipped before checkpoint-3,
+        a bad step 5 after resuming from checkpoint-3 stops the run (whether or not Trainer restores callbacks)."""
+        from hf_adautomix.trainer import NonFiniteError
+
+        args = dict(save_strategy="steps", save_steps=3, restore_callback_states_from_checkpoint=restore)
+        first = self.trainer(tmp_path / "first", bad_steps={2}, max_skips=1, **args)
+        first.train()
+        assert first.nonfinite_guard.skipped == 1
+        resumed = self.trainer(tmp_path / "resumed", bad_steps={5}, max_skips=1, **args)
+        with pytest.raises(NonFiniteError, match=r"diverged at step 5: non-finite loss"):
+            resumed.train(resume_from_checkpoint=str(tmp_path / "first" / "checkpoint-3"))
+        assert resumed.nonfinite_guard.skipped == 1
+        logged = [
+            h["nonfinite_steps_skipped"] for h in resumed.state.log_history if "nonfinite_steps_skipped" in h
+        ]
+        assert logged[-1] == 1  # the resumed run's logs continue the count
 
     def test_non_finite_weights_are_never_exported(self, tmp_path):
         from hf_adautomix.trainer import NonFiniteError

@@ -1,13 +1,14 @@
 """The cheaper training step computes the same step (reference/adautomix-algorithm.md §9).
 
-Per-pass backward (`MixupModel.early_backward`, each online-classifier pass back-propagated as soon as its loss is
-built) against one backward of the total, and the teacher's clean pass stopped at the tapped stage
+Per-pass backward (`MixupModel.per_pass_backward`, each online-classifier pass back-propagated as soon as its loss
+is built) against one backward of the total, and the teacher's clean pass stopped at the tapped stage
 (`stop_at_stage`) against the full pass: the same loss terms, gradients of every parameter, BN buffers, EMA
 teacher after its update and RNG state, for AdAutoMix N=2 and N=3 (adversarial and cooperative steps),
 `separate` reference passes, the paper variant, and AutoMix; gradient accumulation 2; and through the trainer.
 fp32 on CPU: equal to 1e-6 (only the order in which gradients are summed into `.grad` differs).
 """
 
+import contextlib
 import copy
 
 import pytest
@@ -48,16 +49,17 @@ def _step(model, batches, *, early):
     it saw: loss values, logged terms, gradients, buffers, teacher and RNG state."""
     model.train()
     model.early_backward = early
-    model.backward_fn = (lambda loss: (loss / GA).backward()) if early else None
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
     opt.zero_grad()
     losses, terms = [], []
-    for x, y in batches:
-        loss = model(x, y)["loss"]
-        (loss / GA).backward()
-        losses.append(loss.detach())
-        terms.append(dict(model.last_terms))
-    model.backward_fn = None
+    lent = model.per_pass_backward(lambda loss: (loss / GA).backward()) if early else contextlib.nullcontext()
+    with lent:
+        for x, y in batches:
+            out = model(x, y)
+            loss = out["loss"]
+            (loss / GA).backward()
+            losses.append(loss.detach())
+            terms.append({k: v for k, v in out.items() if k != "loss"})
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     opt.step()
     model.update_ema()
@@ -82,7 +84,7 @@ def _assert_same(a, b):
     for k in a["grads"]:
         torch.testing.assert_close(a["grads"][k], b["grads"][k], **TOL, msg=k)
     assert a["state"].keys() == b["state"].keys()
-    for k in a["state"]:  # parameters after SGD, BN buffers (online and teacher), EMA teacher, step
+    for k in a["state"]:  # parameters after SGD, BN buffers (online and teacher), EMA teacher, step (extra state)
         torch.testing.assert_close(a["state"][k], b["state"][k], **TOL, msg=k)
     assert torch.equal(a["rng"], b["rng"])
 
@@ -113,9 +115,9 @@ def test_early_backward_frees_the_classifier_graph():
     """With a backward lent, the returned loss carries only L_θ's graph: no gradient reaches the classifier."""
     model = _model("N=3").train()
     calls = []
-    model.backward_fn = lambda loss: calls.append(float(loss.detach())) or loss.backward()
     x, y = _batches(0, 1)[0]
-    loss = model(x, y)["loss"]
+    with model.per_pass_backward(lambda loss: calls.append(float(loss.detach())) or loss.backward()):
+        loss = model(x, y)["loss"]
     assert len(calls) == 3  # clean, vanilla mix, generated mix
     grads = torch.autograd.grad(
         loss,

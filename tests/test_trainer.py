@@ -1,5 +1,8 @@
 """AdAutoMixTrainer: GA loss scaling, EMA evaluation and export, raw datasets, generator param group, resume."""
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -188,7 +191,59 @@ def test_resume_is_exact(mixup, tmp_path):
     assert full.keys() == resumed.keys()
     for k in full:
         assert torch.equal(full[k], resumed[k]), k
-    assert int(resumed["step"]) == 4
+    assert int(resumed["_extra_state"]) == 4  # MixupModel.step, checkpointed as extra state
+
+
+# checkpoint-2/model.safetensors of `test_resume_is_exact[adautomix]`'s full run, written by the code before the step
+# counter became extra state (commit f97ed37): the counter is a `step` buffer there.
+PRE_EXTRA_STATE = Path(__file__).parent / "data" / "pre_refactor_adautomix_checkpoint-2.safetensors"
+
+
+def test_checkpoint_with_a_step_buffer_resumes(tmp_path):
+    """A checkpoint written before `MixupModel.step` became a host int (extra state) resumes exactly: its `step`
+    buffer is read as the step count (AdAutoMix's alternation and the EMA momentum depend on it)."""
+    from safetensors.torch import load_file
+
+    from hf_adautomix.checkpoints import mark_complete
+
+    old = load_file(str(PRE_EXTRA_STATE))
+    assert "step" in old and "_extra_state" not in old and int(old["step"]) == 2
+
+    def run(out, resume=None):
+        model, _ = make_model("hf_resnet")
+        trainer = AdAutoMixTrainer(
+            model=model,
+            mixup_args=MixupArguments(mixup="adautomix", save_mix_every=0),
+            train_dataset=tensor_dataset(24),
+            args=targs(
+                out,
+                max_steps=4,
+                save_strategy="steps",
+                save_steps=2,
+                optim="adamw_torch",
+                lr_scheduler_type="cosine",
+            ),
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer.model
+
+    full = run(tmp_path / "full")
+    checkpoint = tmp_path / "full" / "checkpoint-2"
+    shutil.copy(PRE_EXTRA_STATE, checkpoint / "model.safetensors")
+    mark_complete(str(checkpoint))  # the completion marker lists the file sizes
+    resumed = run(tmp_path / "resumed", resume=str(checkpoint))
+    assert resumed.step == 4
+    expected = full.state_dict()
+    for k, v in resumed.state_dict().items():
+        assert torch.equal(v, expected[k]), k
+    # strict loading of the old key alone, outside Trainer
+    fresh = AdAutoMixTrainer(
+        model=make_model("hf_resnet")[0],
+        args=targs(tmp_path / "fresh"),
+        mixup_args=MixupArguments(mixup="adautomix"),
+    ).model
+    fresh.load_state_dict(old, strict=True)
+    assert fresh.step == 2
 
 
 def test_mixup_model_rejects_training_without_labels():

@@ -22,9 +22,7 @@ decode-once and ready-tensor fast path), `pipeline` (per-split application, raw-
 This package never imports a model: model facts arrive as plain values (`adapter.data_facts()`).
 """
 
-from dataclasses import replace  # noqa: F401 -- transition: trainer.py's `data_lib.replace`
 
-from . import config as _config
 from .arguments import (
     DEFAULT_CROP_SCALE,
     FILE_BUILDERS,
@@ -48,6 +46,7 @@ from .config import (
     TransformInfo,
     compute_mean_std,
     resolve_transform_info,
+    resolve_transforms,
 )
 from .decoding import MAX_LISTED, ROW_COLUMN, decode_image, to_rgb
 from .in_memory import DECODE_ONCE_MAX_BYTES, InMemoryImages, in_memory_tensors
@@ -105,15 +104,3 @@ __all__ = [
     "to_rgb",
     "transform_split",
 ]
-
-# ---- Transition (issue 16): what trainer.py's `_auto_transform` reads until it calls `prepare_datasets`. The lead
-# removes this block then (and `replace` above), leaving `resolve_transforms = _config.resolve_transforms`. ----------
-_find_column = find_column
-
-
-def resolve_transforms(image_data, data_args, model_data=None, seed=0):
-    """`config.resolve_transforms`; while `_auto_transform` still passes its `MixupModel`, also takes that."""
-    adapter = getattr(model_data, "classifier", None)
-    if not isinstance(model_data, dict) and hasattr(adapter, "data_facts"):
-        model_data = adapter.data_facts()
-    return _config.resolve_transforms(image_data, data_args, model_data, seed)

@@ -139,6 +139,38 @@ class AdAutoMix(_LearnedMixer):
         l1, m = float(lam_bb[0]), self.lam_margin
         return l1 <= m or (1 - l1 <= m if lam_bb.numel() == 2 else l1 > 1 - m)
 
+    def _teacher_clean_pass(self, teacher, head_k, x):
+        """The teacher's clean pass in train mode (left on for its later passes), no graph: (stage map, the
+        cosine references' logits, or None when they come from their own passes and the pass stopped early)."""
+        teacher.train(True)
+        with torch.no_grad():
+            if self.separate_ref_passes and self.stop_teacher_early(teacher):
+                # The references come from their own passes: the clean pass needs only the tapped map.
+                return teacher.forward_features(x, stage=self.mix_layer, stop_at_stage=True).stage_map, None
+            feats = teacher.forward_features(x, stage=self.mix_layer)
+            return feats.stage_map, head_k(feats.pooled)  # references r_n = ref_logits[π_n] (shared, §9.1)
+
+    def _reference_loss(self, classifier, head_q, x, y, perms, lam, *, vanilla: bool, backward=None):
+        """L_re = (1 − α)·CE_clean + α·L_van (vanilla N-way mix of `perms` with `lam`), or CE_clean alone without
+        `vanilla`. With `backward`, each pass's share is back-propagated as soon as it is built (and detached).
+        Returns (loss_one, loss_van, loss_re)."""
+        eps, n, size = self.label_smoothing, lam.numel(), x.shape[-2:]
+        loss_one = cross_entropy(classifier(x), y, eps)
+        if not vanilla:
+            if backward is not None:
+                backward(loss_one)
+                loss_one = loss_one.detach()
+            return loss_one, torch.zeros((), device=x.device), loss_one
+        if backward is not None:
+            backward((1 - self.mce_weight) * loss_one)
+            loss_one = loss_one.detach()
+        x_van = _mix(x, perms, lam.float().view(1, n, 1, 1).expand(x.shape[0], n, *size))
+        loss_van = _mix_ce(head_q(classifier.forward_features(x_van).pooled), y, perms, lam, eps)
+        if backward is not None:
+            backward(self.mce_weight * loss_van)
+            loss_van = loss_van.detach()
+        return loss_one, loss_van, (1 - self.mce_weight) * loss_one + self.mce_weight * loss_van
+
     # -- one iteration -----------------------------------------------------------------------------------------
     def forward(self, x, y, classifier, *, teacher, step: int, keep_graph: bool = False, backward=None):
         """One iteration. `keep_graph` returns the loss terms with their autograd graphs, plus `loss_re` and both
@@ -176,16 +208,7 @@ class AdAutoMix(_LearnedMixer):
         head_k = self.head_k(teacher)
 
         # 1. Teacher clean pass, train mode as released (batch statistics, own BN buffers), no graph.
-        teacher.train(True)
-        with torch.no_grad():
-            if self.separate_ref_passes and self.stop_teacher_early(teacher):
-                # The references come from their own passes: the clean pass needs only the tapped map.
-                feats = teacher.forward_features(x, stage=self.mix_layer, stop_at_stage=True)
-                ref_logits = None
-            else:
-                feats = teacher.forward_features(x, stage=self.mix_layer)
-                ref_logits = head_k(feats.pooled)  # cosine references r_n = ref_logits[π_n] (shared, §9.1)
-        fmap = feats.stage_map
+        fmap, ref_logits = self._teacher_clean_pass(teacher, head_k, x)
 
         # 2. Generator: mb with graph; released also bb, detached (made under no_grad, §9.2).
         masks_mb = self.generator(fmap[pi], lam_mb, size)
@@ -204,24 +227,10 @@ class AdAutoMix(_LearnedMixer):
 
         # 3. Classifier (online, three passes with their own BN statistics).
         # With `early`, each pass's loss is back-propagated (times its weight in the total) once built.
-        loss_one = cross_entropy(classifier(x), y, eps)
         head_q = self.head_q(classifier)
-        if n >= 3 or paper:
-            if early:
-                backward((1 - self.mce_weight) * loss_one)
-                loss_one = loss_one.detach()
-            x_van = _mix(x, perms_c, lam_c.float().view(1, n, 1, 1).expand(x.shape[0], n, *size))
-            loss_van = _mix_ce(head_q(classifier.forward_features(x_van).pooled), y, perms_c, lam_c, eps)
-            if early:
-                backward(self.mce_weight * loss_van)
-                loss_van = loss_van.detach()
-            loss_re = (1 - self.mce_weight) * loss_one + self.mce_weight * loss_van
-        else:
-            if early:
-                backward(loss_one)
-                loss_one = loss_one.detach()
-            loss_van = torch.zeros((), device=x.device)
-            loss_re = loss_one
+        loss_one, loss_van, loss_re = self._reference_loss(
+            classifier, head_q, x, y, perms_c, lam_c, vanilla=n >= 3 or paper, backward=backward if early else None
+        )
 
         x_mb = _mix(x, pi, masks_mb)
         # Paper, Eq. 14/15: the one generated set trains the classifier (descent) and, through gradient reversal,

@@ -46,9 +46,10 @@ def _train_forward_is_pure(model: nn.Module) -> bool:
     pass stop at the tapped stage without changing the teacher's buffers or the RNG stream (conservative: any
     such module anywhere in the model counts, not only after the tapped stage)."""
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+        # Duck-typed: batch/instance norms tracking running statistics, and torch's dropouts (`p`, `inplace`).
+        if getattr(m, "track_running_stats", False) and getattr(m, "running_mean", None) is not None:
             return False
-        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+        if hasattr(m, "inplace") and isinstance(getattr(m, "p", None), float) and m.p > 0:
             return False
         if any(float(getattr(m, a, 0.0) or 0.0) > 0 for a in ("drop_prob", "drop_rate", "drop_path_rate")):
             return False
