@@ -21,7 +21,7 @@ import sys
 
 logger = logging.getLogger(__name__)
 
-IGNORE_PATTERNS = ["checkpoint-*", "_*", "last-checkpoint*"]
+IGNORE_PATTERNS = ["checkpoint-*", "_*", "last-checkpoint*", ".hf_adautomix.lock"]  # run_lock.LOCK_FILE
 WEIGHTS = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -85,9 +85,10 @@ def rename_card(folder: str, hub_model_id: str) -> str | None:
     card.data.model_name = hub_model_id
     text = card.text
     if old != hub_model_id:
-        # the load snippets: pipeline(model="old"), from_pretrained("old"), timm's "local-dir:old"/"hf-hub:old"
+        # the load snippets: pipeline(model="old"), from_pretrained("old"), timm's "local-dir:old"/"hf-hub:old",
+        # where "old" may be the output folder's path as the run was given it (ending in /old)
         text = re.sub(
-            rf'"(?:local-dir:|hf-hub:)?{re.escape(old)}"',
+            rf'"(?:local-dir:|hf-hub:)?(?:[^"\s]*/)?{re.escape(old)}/?"',
             lambda m: _snippet_name(m.group(0), hub_model_id),
             text,
         )

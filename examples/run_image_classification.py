@@ -8,6 +8,8 @@ several, or on a laptop CPU. With no data argument it trains on the embedded def
     python examples/run_image_classification.py --output_dir out
     accelerate launch examples/run_image_classification.py --mixup adautomix --output_dir out
     python examples/run_image_classification.py examples/configs/cifar100_r18_adautomix.yaml
+
+It trains, exports and evaluates; `--do_train False` evaluates `--model_name_or_path` only (no training, no export).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from hf_adautomix.data import (
     load_image_datasets,
     resolve_transforms,
 )
+from hf_adautomix.run_lock import lock_output_dir
 from hf_adautomix.trainer import NonFiniteError
 
 logger = logging.getLogger(__name__)
@@ -90,9 +93,30 @@ def parse_args(argv: list[str]):
     if argv and argv[0].endswith(CONFIG_SUFFIXES):
         parser.set_defaults(**_read_config(argv[0], parser))
         argv = argv[1:]
-    model_args, data_args, mixup_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    _bf16_on_cpu(parser, argv)
+    try:
+        model_args, data_args, mixup_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    except json.JSONDecodeError as err:  # TrainingArguments parses --lr_scheduler_kwargs' JSON
+        i = next((i for i, a in enumerate(argv) if a.startswith("--") and "_kwargs" in a.split("=")[0]), None)
+        flag, _, value = (argv[i] if i is not None else "a dict flag").partition("=")
+        value = value or (argv[i + 1] if i is not None and i + 1 < len(argv) else "?")
+        raise ValueError(
+            f"{flag} {value!r} is not valid JSON ({err}); e.g. {flag} '{{\"min_lr\": 0.1}}'."
+        ) from err
     _check_training_args(mixup_args, training_args)
     return model_args, data_args, mixup_args, training_args
+
+
+def _bf16_on_cpu(parser: HfArgumentParser, argv: list[str]) -> None:
+    """`--bf16` without a GPU: Trainer refuses it unless `--use_cpu` is set; bf16 works on CPU, so set it."""
+    namespace, _ = parser.parse_known_args(args=argv)
+    if not (namespace.bf16 or namespace.bf16_full_eval) or namespace.use_cpu:
+        return
+    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+    if not (is_torch_bf16_gpu_available() or is_torch_xla_available()):
+        logger.warning("--bf16 without a bf16-capable GPU: training on the CPU in bf16 (--use_cpu True).")
+        parser.set_defaults(use_cpu=True)
 
 
 class _OneLineErrorParser(HfArgumentParser):
@@ -111,7 +135,15 @@ class _OneLineErrorParser(HfArgumentParser):
 def _read_config(path: str, parser: HfArgumentParser) -> dict:
     """The argument values in a .yaml/.json file; unknown keys are an error that names them."""
     with open(path) as f:
-        values = (json.load(f) if path.endswith(".json") else yaml.safe_load(f)) or {}
+        try:
+            values = (json.load(f) if path.endswith(".json") else yaml.safe_load(f)) or {}
+        except (yaml.YAMLError, json.JSONDecodeError) as err:
+            where = getattr(err, "problem_mark", None)
+            line = f"line {where.line + 1}" if where is not None else f"line {getattr(err, 'lineno', '?')}"
+            problem = getattr(err, "problem", None) or getattr(err, "msg", None) or type(err).__name__
+            raise ValueError(
+                f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} at {line}: {problem}."
+            ) from err
     if not isinstance(values, dict):
         raise ValueError(f"{path} must map argument names to values, not hold a {type(values).__name__}.")
     known = [f.name for cls in parser.dataclass_types for f in dataclasses.fields(cls) if f.init]
@@ -131,6 +163,7 @@ def _check_training_args(mixup_args: MixupArguments, training_args: TrainingArgu
             raise ValueError(
                 f"--report_to {name} needs a package that is not installed: pip install {package}"
             )
+    _check_step_counts(training_args)
     defaults = {f.name: f.default for f in dataclasses.fields(TrainingArguments)}
     if training_args.save_strategy == "no" and training_args.save_steps != defaults["save_steps"]:
         raise ValueError(
@@ -142,6 +175,29 @@ def _check_training_args(mixup_args: MixupArguments, training_args: TrainingArgu
         raise ValueError(
             f"--generator_min_lr {floor} is above the generator's LR (--learning_rate {lr}, as --generator_lr "
             "is not given)."
+        )
+
+
+def check_step_counts(args) -> None:
+    """TrainingArguments that would crash in training or make no optimizer step, refused with the flag named."""
+    if args.gradient_accumulation_steps < 1:
+        raise ValueError(
+            f"--gradient_accumulation_steps {args.gradient_accumulation_steps} must be 1 or more."
+        )
+    if args.max_steps <= 0 and args.num_train_epochs <= 0:
+        raise ValueError(
+            f"--num_train_epochs {args.num_train_epochs:g} with --max_steps {args.max_steps} makes no optimizer "
+            "step: nothing would be trained. Give --num_train_epochs > 0 or --max_steps > 0."
+        )
+
+
+def _check_step_counts(training_args: TrainingArguments) -> None:
+    """Batch sizes and step counts that would crash in training or train nothing."""
+    check_step_counts(training_args)
+    if training_args.per_device_train_batch_size < 2:
+        raise ValueError(
+            f"--per_device_train_batch_size {training_args.per_device_train_batch_size} is below 2: mixup mixes "
+            "pairs of images and batch normalization needs more than one value per channel; use 2 or more."
         )
 
 
@@ -197,6 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
     model_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     checkpointing = training_args.save_strategy != "no"
     check_output_dir(training_args.output_dir, int(model_bytes * (1.2 + 4 * checkpointing)) + 2**20)
+    if training_args.process_index == 0:
+        lock_output_dir(training_args.output_dir)  # a second run into it refuses, naming this one's PID
     resume = resolve_resume(
         training_args.output_dir,
         run_record(model_args, data_args, mixup_args, training_args),
@@ -230,6 +288,8 @@ def main(argv: list[str] | None = None) -> dict:
         "dataset": image_data.source,
         "dataset_id": data_args.dataset_name if hub_dataset else None,
         "finetuned_from": model_args.model_name_or_path,
+        "license": model_args.license,
+        "validation_dataset": image_data.validation_source,
     }
     wrapper = trainer.model
     logger.warning(
@@ -243,7 +303,12 @@ def main(argv: list[str] | None = None) -> dict:
         f" | EMA teacher: {wrapper.ema_schedule.describe()}" if wrapper.teacher is not None else "",
     )
 
-    # ----- Training ---------------------------------------------------------------------------------------------
+    # ----- Training (skipped by an explicit --do_train False: an evaluation-only run, no export) ---------------
+    if not _trains(training_args, sys.argv[1:] if argv is None else argv):
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        return metrics
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
@@ -266,6 +331,26 @@ def main(argv: list[str] | None = None) -> dict:
     return {**train_result.metrics, **metrics}
 
 
+def _trains(training_args: TrainingArguments, argv: list[str]) -> bool:
+    """Train unless `--do_train False` is given: with neither flag the script trains and evaluates (Trainer turns
+    do_eval on with any eval_strategy, so do_eval alone cannot mean "evaluate only"). `--do_predict` has no test
+    split to run on here: refused in one line."""
+    if training_args.do_predict:
+        raise ValueError(
+            "--do_predict True is not supported: this script has no test split; use --do_eval True."
+        )
+    given = any(a == "--do_train" or a.startswith("--do_train=") for a in argv)
+    return training_args.do_train or not given
+
+
+def _close_progress_bars() -> None:
+    """Close Trainer's tqdm bars, so that their last frame is not printed after the error line at exit."""
+    import tqdm
+
+    for bar in list(getattr(tqdm.tqdm, "_instances", ())):  # a WeakSet of the open bars
+        bar.close()
+
+
 if __name__ == "__main__":
     try:
         main()
@@ -275,4 +360,6 @@ if __name__ == "__main__":
         # traceback; `error_summary` keeps the original message.
         if os.environ.get("HF_ADAUTOMIX_TRACEBACK"):
             raise
+        _close_progress_bars()
+        sys.stdout.flush()
         sys.exit(f"error: {error_summary(err)}")

@@ -1,9 +1,10 @@
 """Checkpoints that survive a kill, and finding the last one that is whole.
 
 Trainer writes `checkpoint-N/` file by file, so a kill during a save leaves a folder that looks like a checkpoint
-but is not. `AdAutoMixTrainer` finishes every save by writing `COMPLETE_FILE` (the names and sizes of every file,
-written to a temporary name and renamed, so it is there whole or not at all) and only then deletes older
-checkpoints. A checkpoint is *complete* when that file is there and every file it lists has its size.
+but is not. `AdAutoMixTrainer` finishes every save by writing `COMPLETE_FILE` (the name, size and SHA-256 of every
+file, written once the files are fsynced, to a temporary name and renamed, so it is there whole or not at all) and
+only then deletes older checkpoints. A checkpoint is *complete* when that file is there and every file it lists has
+its size and hash.
 
 The other faults a run must survive are here too: resuming a re-run command (or refusing it when its arguments
 changed), an output folder that cannot hold the results, and divergence (`NonFiniteError`, raised by the non-finite
@@ -12,6 +13,7 @@ guard, which points back to the last complete checkpoint, and by the export, whi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -37,31 +39,72 @@ def checkpoint_dirs(folder: str) -> list[str]:
     ]
 
 
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def umask_modes(folder: str) -> None:
+    """Give the files of `folder` that were written with a temporary file's mode (0600: safetensors does that) the
+    mode the user's umask gives a new file, as `open()` and `save_pretrained`'s other files get; `checkpoint-N`
+    subfolders are left to their own save."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    mode = 0o666 & ~mask
+    if mode == 0o600:
+        return
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not _CHECKPOINT_RE.match(d)]
+        for name in names:
+            path = os.path.join(root, name)
+            if not os.path.islink(path) and os.stat(path).st_mode & 0o777 == 0o600:
+                os.chmod(path, mode)
+
+
 def mark_complete(checkpoint: str) -> None:
-    """Record every file of `checkpoint` with its size; atomic (temporary file + rename, fsynced)."""
-    files = {}
+    """Record every file of `checkpoint` with its size and SHA-256, after fsyncing the files and their folders
+    (so that the marker never reaches the disk before what it vouches for); atomic (temporary file + rename)."""
+    umask_modes(checkpoint)
+    files, hashes = {}, {}
     for root, _, names in os.walk(checkpoint):
         for name in names:
             path = os.path.join(root, name)
             if name != COMPLETE_FILE and not name.endswith(".tmp"):
+                _fsync(path)
                 files[os.path.relpath(path, checkpoint)] = os.path.getsize(path)
+                hashes[os.path.relpath(path, checkpoint)] = _sha256(path)
+        _fsync(root)
     tmp = os.path.join(checkpoint, COMPLETE_FILE + ".tmp")
     with open(tmp, "w") as f:
-        json.dump({"files": files}, f, indent=1, sort_keys=True)
+        json.dump({"files": files, "sha256": hashes}, f, indent=1, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, os.path.join(checkpoint, COMPLETE_FILE))
+    _fsync(checkpoint)
 
 
 def checkpoint_problem(checkpoint: str) -> str | None:
-    """Why `checkpoint` cannot be resumed from (None when it is complete)."""
+    """Why `checkpoint` cannot be resumed from (None when it is complete). Markers of older versions hold sizes
+    only: their files are checked by size."""
     marker = os.path.join(checkpoint, COMPLETE_FILE)
     if not os.path.isfile(marker):
         return "it is incomplete (the save that wrote it was interrupted)"
     try:
         with open(marker) as f:
-            files = json.load(f)["files"]
-    except (OSError, ValueError, KeyError) as err:
+            record = json.load(f)
+        files, hashes = record["files"], record.get("sha256", {})
+    except (OSError, ValueError, KeyError, AttributeError) as err:
         return f"its {COMPLETE_FILE} is unreadable ({err})"
     for name, size in files.items():
         path = os.path.join(checkpoint, name)
@@ -69,7 +112,23 @@ def checkpoint_problem(checkpoint: str) -> str | None:
             return f"{name} is missing"
         if os.path.getsize(path) != size:
             return f"{name} is {os.path.getsize(path)} bytes, {size} were written (truncated or changed)"
+        if name in hashes and _sha256(path) != hashes[name]:
+            return f"{name} does not have the SHA-256 it was written with (its bytes changed on disk)"
+        if name.endswith(".safetensors") and not _header_ok(path):
+            return f"{name} has a damaged safetensors header"
     return None
+
+
+def _header_ok(path: str) -> bool:
+    """Whether the safetensors file at `path` starts with a readable header (an 8-byte length, then JSON)."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 2 <= size <= os.path.getsize(path) - 8:
+                return False
+            return isinstance(json.loads(f.read(size)), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def last_complete_checkpoint(folder: str, *, warn: bool = True) -> str | None:
@@ -120,6 +179,7 @@ def checkpoint_to_resume(resume: str | bool | None, output_dir: str) -> str | No
         logger.warning("Resuming from %s.", checkpoint)
         return checkpoint
     if resume:
+        resume = _run_folder_checkpoint(resume) or resume
         check_resumable(resume)
     return resume or None
 
@@ -231,14 +291,16 @@ def resolve_resume(
 
             shutil.rmtree(path)
     elif isinstance(resume, str):
-        check_resumable(resume)
-        checkpoint = resume
+        checkpoint = _run_folder_checkpoint(resume) or resume
+        check_resumable(checkpoint)
+        _check_same_mixer(record, checkpoint)
     elif existing:
         checkpoint = last_complete_checkpoint(output_dir)
         if checkpoint is None and resume is True:
             raise ValueError(f"--resume_from_checkpoint True: no complete checkpoint in {output_dir!r}.")
         if checkpoint is not None:
-            _check_same_run(output_dir, record, checkpoint)
+            _check_same_mixer(record, checkpoint)
+            _check_same_run(output_dir, record, checkpoint, strict=resume is None)
             logger.warning(
                 "Resuming from %s (the last complete checkpoint in --output_dir; pass --resume_from_checkpoint "
                 "False to start over).",
@@ -256,7 +318,38 @@ def resolve_resume(
     return checkpoint
 
 
-def _check_same_run(output_dir: str, record: dict, checkpoint: str) -> None:
+def _check_same_mixer(record: dict, checkpoint: str) -> None:
+    """A checkpoint of another `--mixup` holds other modules (keys): refuse it in one line, naming both mixers."""
+    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), RUN_FILE)
+    try:
+        with open(path) as f:
+            before = json.load(f).get("mixup")
+    except (OSError, ValueError, AttributeError):
+        return  # no record of the run that wrote it: Trainer's own loading checks the keys
+    if before is not None and "mixup" in record and before != record["mixup"]:
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint}: it was written by a --mixup {before} run ({path}), this run is "
+            f"--mixup {record['mixup']}: their model keys differ (mixer modules). Resume with --mixup {before}, or "
+            "start from its weights with --model_name_or_path on an export instead."
+        )
+
+
+def _run_folder_checkpoint(path: str) -> str | None:
+    """`--resume_from_checkpoint RUN_FOLDER` (a folder of `checkpoint-N`, not one): its last complete checkpoint."""
+    if not os.path.isdir(path) or _CHECKPOINT_RE.match(os.path.basename(os.path.normpath(path))):
+        return None
+    if os.path.isfile(os.path.join(path, COMPLETE_FILE)) or not checkpoint_dirs(path):
+        return None
+    checkpoint = last_complete_checkpoint(path)
+    if checkpoint is None:
+        raise ValueError(f"--resume_from_checkpoint {path!r}: that run folder holds no complete checkpoint.")
+    logger.warning("--resume_from_checkpoint %s is a run folder: resuming from %s.", path, checkpoint)
+    return checkpoint
+
+
+def _check_same_run(output_dir: str, record: dict, checkpoint: str, *, strict: bool = True) -> None:
+    """Refuse (`strict`: the implicit re-run of a command) or warn (an explicit --resume_from_checkpoint True:
+    extending a run with more steps is the common case) when the arguments differ from those of the run."""
     path = os.path.join(output_dir, RUN_FILE)
     if not os.path.isfile(path):
         logger.warning(
@@ -266,8 +359,10 @@ def _check_same_run(output_dir: str, record: dict, checkpoint: str) -> None:
     with open(path) as f:
         before = json.load(f)
     changed = sorted(k for k in set(before) | set(record) if before.get(k) != record.get(k))
-    if changed:
-        diffs = "; ".join(f"--{k} {before.get(k)!r} there, {record.get(k)!r} now" for k in changed[:8])
+    diffs = "; ".join(f"--{k} {before.get(k)!r} there, {record.get(k)!r} now" for k in changed[:8])
+    if changed and not strict:
+        logger.warning("Resuming from %s with changed arguments: %s.", checkpoint, diffs)
+    elif changed:
         raise ValueError(
             f"--output_dir {output_dir!r} holds checkpoints (last complete: {checkpoint}) of a run with other "
             f"arguments: {diffs}{' …' if len(changed) > 8 else ''}. Re-run with the same arguments to resume it, "

@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from .checkpoints import NonFiniteError
+from .checkpoints import NonFiniteError, umask_modes
 
 logger = logging.getLogger(__name__)
 
@@ -112,5 +112,6 @@ def export_trained(trainer, output_dir: str | None = None, which: str | None = N
     )
     with hub_token_hidden(args):
         torch.save(args, os.path.join(output_dir, "training_args.bin"))
+    umask_modes(output_dir)
     logger.info("Exported the %s model (%s) to %s", what, adapter.family, output_dir)
     return output_dir

@@ -22,7 +22,7 @@ from . import callbacks, optim
 from .arguments import MixupArguments
 from .backbones import wrap_classifier
 from .checkpoints import NonFiniteError as NonFiniteError  # re-exported (hf_adautomix.trainer.NonFiniteError)
-from .checkpoints import checkpoint_to_resume, finished_at, mark_complete
+from .checkpoints import checkpoint_to_resume, finished_at, mark_complete, umask_modes
 from .export import export_trained, hub_token_hidden
 from .hub_push import HubPushError as HubPushError  # re-exported: `from hf_adautomix.trainer import ...`
 from .hub_push import HubPushMixin
@@ -77,7 +77,7 @@ class AdAutoMixTrainer(HubPushMixin, Trainer):
         if model is None:
             raise ValueError("AdAutoMixTrainer needs a model (transformers, timm, or a MixupModel).")
         args = args if args is not None else TrainingArguments(output_dir="trainer_output")
-        self.mixup_args = mixup_args = mixup_args if mixup_args is not None else MixupArguments()
+        self.mixup_args = mixup_args = MixupArguments.checked(mixup_args)  # a string is a TypeError
         # Our collator builds pixel_values/labels from the raw columns inside `with_transform`; Trainer's column
         # pruning would run first and remove them (hf-ecosystem §1.6), so users never need the flag.
         args.remove_unused_columns = False
@@ -315,6 +315,7 @@ class AdAutoMixTrainer(HubPushMixin, Trainer):
             self.save_generator(output_dir)
             if self.is_world_process_zero():
                 self.save_model_card(output_dir)  # what save_model() users get too, not only push_to_hub()
+                umask_modes(output_dir)  # safetensors writes 0600; the export gets the user's umask
 
     def _save_checkpoint(self, model, trial):
         # Override: a kill at any moment leaves the previous checkpoint whole. Trainer writes checkpoint-N/ file by

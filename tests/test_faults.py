@@ -516,3 +516,170 @@ def test_decode_error_in_a_dataloader_worker_is_one_line(tmp_path):
     line = error_line(proc)
     assert "Could not decode image" in line and "3.png" in line and "Caught" not in line
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+# -- checkpoint integrity and file modes (issue 17: 1, 18) ----------------------------------------------------------
+def test_same_size_damage_to_a_checkpoint_is_named_and_skipped(reference, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    shutil.rmtree(out / "checkpoint-8")  # as if the run had been killed after step 6
+    model_file = out / "checkpoint-6" / "model.safetensors"
+    data = bytearray(model_file.read_bytes())
+    data[-4096:] = bytes(4096)  # zeros over the last tensors' bytes: same size, header intact
+    model_file.write_bytes(bytes(data))
+
+    explicit = run([*RUN, "--mixup", "adautomix", "--resume_from_checkpoint", str(out / "checkpoint-6")], out)
+    assert explicit.returncode == 1
+    line = error_line(explicit)
+    assert (
+        "model.safetensors does not have the SHA-256" in line
+        and f"{out / 'checkpoint-3'}: resume from" in line
+    )
+
+    rerun = ok(run([*RUN, "--mixup", "adautomix"], out))
+    assert f"Skipping checkpoint {out / 'checkpoint-6'}: model.safetensors does not have the SHA-256" in (
+        rerun.stdout + rerun.stderr
+    )
+    assert_same_weights(weights(out), weights(reference))
+
+
+def test_markers_with_sizes_only_are_still_accepted(tmp_path):
+    from hf_adautomix.checkpoints import checkpoint_problem, mark_complete
+
+    checkpoint = tmp_path / "checkpoint-1"
+    checkpoint.mkdir()
+    (checkpoint / "optimizer.pt").write_bytes(b"x" * 100)
+    mark_complete(str(checkpoint))
+    record = json.loads((checkpoint / COMPLETE_FILE).read_text())
+    assert len(record["sha256"]["optimizer.pt"]) == 64
+    (checkpoint / COMPLETE_FILE).write_text(json.dumps({"files": record["files"]}))  # as written before
+    assert checkpoint_problem(str(checkpoint)) is None
+    (checkpoint / "optimizer.pt").write_bytes(b"x" * 99)
+    assert "99 bytes" in checkpoint_problem(str(checkpoint))
+
+
+def test_export_and_checkpoint_files_follow_the_umask(tmp_path):
+    out = tmp_path / "out"
+    old = os.umask(0o022)
+    try:
+        ok(run([*RUN, "--mixup", "adautomix", "--max_steps", "3"], out))
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(out)): oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file()}
+    assert "model.safetensors" in modes and "checkpoint-3/model.safetensors" in modes
+    # generator/ is written by `save_generator` (generator_hub.py), which does not apply the umask yet
+    modes = {name: mode for name, mode in modes.items() if not name.startswith("generator/")}
+    assert {m for m in modes.values()} == {"0o644"}, modes
+
+
+# -- two runs into one output folder (issue 17: 3) -----------------------------------------------------------------
+def test_a_second_run_into_a_busy_output_folder_refuses_and_a_stale_lock_is_taken_over(tmp_path):
+    import signal
+    import time
+
+    from hf_adautomix.run_lock import LOCK_FILE
+
+    out = tmp_path / "out"
+    first = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *RUN, "--mixup", "mixup", "--max_steps", "99999", "--output_dir", out],
+        env=env(tmp_path),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / LOCK_FILE).is_file() or not (out / LOCK_FILE).read_text().strip():
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        second = run([*RUN, "--mixup", "mixup", "--max_steps", "3"], out)
+        assert second.returncode == 1
+        assert f"is in use by another run (PID {first.pid}" in error_line(second)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert (out / LOCK_FILE).read_text().strip() == str(first.pid)  # left behind by the killed run: stale
+    ok(run([*RUN, "--mixup", "mixup", "--max_steps", "3", "--resume_from_checkpoint", "False"], out))
+    assert (out / "model.safetensors").is_file() and not (out / LOCK_FILE).exists()
+
+
+def test_damaged_safetensors_header_is_one_line_naming_the_checkpoint(reference, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    shutil.rmtree(out / "checkpoint-8")
+    model_file = out / "checkpoint-6" / "model.safetensors"
+    data = bytearray(model_file.read_bytes())
+    data[8:24] = b"#not json header"  # the JSON header, same size
+    model_file.write_bytes(bytes(data))
+    marker = out / "checkpoint-6" / COMPLETE_FILE  # as written before (sizes only): no hash to fail first
+    marker.write_text(json.dumps({"files": json.loads(marker.read_text())["files"]}))
+
+    explicit = run([*RUN, "--mixup", "adautomix", "--resume_from_checkpoint", str(out / "checkpoint-6")], out)
+    assert explicit.returncode == 1
+    line = error_line(explicit)
+    assert f"{out / 'checkpoint-6'}: model.safetensors has a damaged safetensors header" in line
+    assert f"{out / 'checkpoint-3'}: resume from that one" in line
+
+    rerun = ok(run([*RUN, "--mixup", "adautomix"], out))
+    logs = rerun.stdout + rerun.stderr
+    assert f"Skipping checkpoint {out / 'checkpoint-6'}: model.safetensors has a damaged" in logs
+    assert_same_weights(weights(out), weights(reference))
+
+
+# -- explicit resumes (issue 17, items 8 and 9) ----------------------------------------------------------------------
+def test_explicit_resume_with_more_steps_warns_instead_of_refusing(reference, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    args = [*RUN, "--mixup", "adautomix", "--max_steps", "10", "--resume_from_checkpoint", "True"]
+    proc = ok(run(args, out))
+    log = proc.stdout + proc.stderr
+    assert "changed arguments" in log and "--max_steps 8 there, 10 now" in log
+    assert (out / "checkpoint-9").is_dir()  # trained on past the old run's end
+
+
+def test_resume_from_the_run_folder_means_its_last_complete_checkpoint(reference, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    proc = ok(run([*RUN, "--mixup", "adautomix", "--resume_from_checkpoint", str(out)], out))
+    assert "is a run folder: resuming from" in proc.stdout + proc.stderr
+    assert_same_weights(weights(out), weights(reference))
+
+
+# -- the error is the last thing on the screen (issue 17, item 13) ---------------------------------------------------
+def test_divergence_error_is_the_last_line_with_progress_bars(tmp_path):
+    out = tmp_path / "out"
+    args = [*RUN, "--mixup", "adautomix", "--learning_rate", "1e6", "--disable_tqdm", "False"]
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *args, "--output_dir", str(out)],
+        env=env(tmp_path),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode == 1
+    lines = [line for line in proc.stdout.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and "diverged" in lines[-1], lines[-3:]
+
+
+# -- --do_train False: evaluation only (issue 17, item 23) -----------------------------------------------------------
+def test_do_train_false_evaluates_only(tmp_path):
+    out = tmp_path / "out"
+    ok(run([*RUN, "--mixup", "adautomix", "--do_train", "False", "--do_eval", "True"], out))
+    assert (out / "eval_results.json").is_file()
+    assert not (out / "train_results.json").exists() and not (out / "model.safetensors").exists()
+    assert not list(out.glob("checkpoint-*"))
+
+
+# -- a checkpoint of another mixer (issue 17, item 10) ---------------------------------------------------------------
+def test_resume_from_a_checkpoint_of_another_mixer_is_one_line(tmp_path):
+    cutmix = tmp_path / "cutmix" / "out"
+    ok(run([*RUN, "--mixup", "cutmix", "--max_steps", "3"], cutmix))
+    proc = run(
+        [*RUN, "--mixup", "adautomix", "--resume_from_checkpoint", str(cutmix / "checkpoint-3")],
+        tmp_path / "out",
+    )
+    assert proc.returncode == 1
+    line = error_line(proc)
+    assert "--mixup cutmix run" in line and "--mixup adautomix" in line and "keys differ" in line
