@@ -144,6 +144,10 @@ class ModelArguments:
         default=True,
         metadata={"help": "Allow a pretrained head with another number of classes to be replaced."},
     )
+    license: str | None = field(
+        default=None,
+        metadata={"help": "License id for the model card's metadata, e.g. apache-2.0, mit, cc-by-4.0."},
+    )
 
     def __post_init__(self):
         given = [n for n in ("model_name_or_path", "model_type", "timm_model") if getattr(self, n)]
@@ -374,6 +378,19 @@ class MixupArguments:
     @property
     def learned(self) -> bool:
         return self.mixup in LEARNED_MIXERS
+
+    @classmethod
+    def checked(cls, value: MixupArguments | None) -> MixupArguments:
+        """`value` if it is a MixupArguments, the defaults for None; anything else (e.g. the string "adautomix")
+        is a TypeError saying what to pass."""
+        if value is None:
+            return cls()
+        if not isinstance(value, cls):
+            hint = f' (MixupArguments(mixup="{value}"))' if isinstance(value, str) else ""
+            raise TypeError(
+                f"mixup_args must be a MixupArguments{hint}, not {type(value).__name__} {value!r:.80}."
+            )
+        return value
 
 
 @functools.cache

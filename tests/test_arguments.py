@@ -252,3 +252,93 @@ class TestReportTo:
     def test_default_reports_nowhere_and_does_not_clip(self, parse_args):
         train = parse_args([])[3]
         assert train.report_to == [] and train.max_grad_norm == 0
+
+
+class TestIssue17FlagErrors:
+    """Issue 17 (7, 11, 12, 24): flags that crashed mid-run or trained nothing fail at once in one line."""
+
+    @pytest.mark.parametrize(
+        "args, named",
+        [
+            (
+                ["--gradient_accumulation_steps", "0"],
+                "--gradient_accumulation_steps 0",
+            ),  # was ZeroDivisionError
+            (
+                ["--per_device_train_batch_size", "1"],
+                "--per_device_train_batch_size 1",
+            ),  # was PyTorch's BN error
+            (
+                ["--lr_scheduler_kwargs", "{min_lr: 0.1"],
+                "--lr_scheduler_kwargs '{min_lr: 0.1'",
+            ),  # bare JSON error
+            (["--num_train_epochs", "0"], "--num_train_epochs 0 with --max_steps -1"),  # exited 0, untrained
+            (["--num_train_epochs", "0", "--max_steps", "0"], "--max_steps 0"),
+        ],
+        ids=["grad-accum-0", "batch-1", "scheduler-kwargs", "epochs-0", "epochs-0-steps-0"],
+    )
+    def test_one_line_naming_the_flag(self, tmp_path, args, named):
+        proc = run_script([*args, "--use_cpu", "True"], tmp_path)
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), proc.stderr[-2000:]
+        assert named in proc.stderr
+        assert not (tmp_path / "out").exists()
+
+    def test_yaml_syntax_error_names_file_and_line(self, tmp_path):
+        config = tmp_path / "recipe.yaml"
+        config.write_text("mixup: cutmix\nlearning_rate: [0.1\n")  # was a 48-line yaml.scanner traceback
+        proc = run_script([str(config), "--use_cpu", "True"], tmp_path)
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+        assert proc.stderr.startswith(f"error: {config}: not valid YAML at line ")
+
+    def test_bf16_without_a_gpu_trains_on_the_cpu(self, tmp_path):
+        # Was: "error: Your setup doesn't support bf16/gpu. You need to assign use_cpu ...".
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+        args = ["--bf16", "True", "--model_type", "resnet", "--cifar_stem", "--config_overrides", TINY]
+        args += ["--max_steps", "1", "--max_train_samples", "32", "--max_eval_samples", "16"]
+        cmd = [sys.executable, str(SCRIPT), *args, "--output_dir", str(tmp_path / "out")]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "training on the CPU in bf16 (--use_cpu True)" in proc.stderr
+        assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+TINY = "embedding_size=8,hidden_sizes=[8,8,16,16],depths=[1,1,1,1],layer_type=basic"
+
+
+class TestIssue17API:
+    def test_mixup_arguments_as_a_string_is_a_type_error(self, tmp_path):
+        from transformers import ResNetConfig, ResNetForImageClassification, TrainingArguments
+
+        from hf_adautomix import AdAutoMixTrainer
+
+        model = ResNetForImageClassification(
+            ResNetConfig(num_labels=2, embedding_size=8, hidden_sizes=[8, 8])
+        )
+        args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+        with pytest.raises(
+            TypeError, match=r'must be a MixupArguments \(MixupArguments\(mixup="adautomix"\)\)'
+        ):
+            AdAutoMixTrainer(model=model, args=args, mixup_args="adautomix")
+
+    @pytest.mark.parametrize(
+        "kwargs, match",
+        [
+            ({"num_train_epochs": 0}, "--num_train_epochs 0 with --max_steps -1 makes no optimizer step"),
+            ({"num_train_epochs": 0, "max_steps": 0}, "--max_steps 0 makes no optimizer step"),
+            ({"gradient_accumulation_steps": 0}, "--gradient_accumulation_steps 0 must be 1 or more"),
+        ],
+    )
+    def test_check_step_counts(self, kwargs, match):
+        from types import SimpleNamespace
+
+        spec = importlib.util.spec_from_file_location("run_image_classification", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        check_step_counts = module.check_step_counts
+        args = SimpleNamespace(
+            **{"num_train_epochs": 3, "max_steps": -1, "gradient_accumulation_steps": 1, **kwargs}
+        )
+        with pytest.raises(ValueError, match=match):
+            check_step_counts(args)
+        check_step_counts(SimpleNamespace(num_train_epochs=0, max_steps=5, gradient_accumulation_steps=1))

@@ -498,3 +498,90 @@ class TestCLI:
             tmp_path, "--train_dir", str(tmp_path / "train"), "--validation_dir", str(tmp_path / "val")
         )
         assert_failed_before_training(proc, out, "broken.png")
+
+
+class TestIssue17CLI:
+    """Issue 17 (5, 11): bad data files stop the script before training with one `error:` line naming them."""
+
+    run = TestCLI.run
+
+    def test_fractional_float_label_names_row_and_value(self, tmp_path):
+        # Before: 2.5 became an 11th class "2.5" and the run exited 0.
+        dataset([0.0, 1.0, 2.5, 1.0] * 4).to_parquet(tmp_path / "train.parquet")
+        proc, out = self.run(tmp_path, "--train_file", str(tmp_path / "train.parquet"))
+        assert_failed_before_training(proc, out, "non-integer labels [2.5]", "row 2", "'label'")
+
+    def test_null_image_names_the_row(self, tmp_path):
+        # Before: AttributeError: 'NoneType' object has no attribute 'get', as a traceback.
+        images = [image(i) for i in range(16)]
+        images[3] = None
+        dataset([0, 1] * 8, images=images).to_parquet(tmp_path / "train.parquet")
+        proc, out = self.run(tmp_path, "--train_file", str(tmp_path / "train.parquet"))
+        assert_failed_before_training(proc, out, "row 3", "no image (null)")
+
+    @pytest.mark.parametrize("empty", ["train", "validation"])
+    def test_empty_parquet_names_the_file(self, tmp_path, empty):
+        dataset([0, 1] * 4).to_parquet(tmp_path / "train.parquet")
+        dataset([0, 1] * 4).select([]).to_parquet(tmp_path / "empty.parquet")
+        files = {"train": tmp_path / "train.parquet", "validation": tmp_path / "train.parquet"}
+        files[empty] = tmp_path / "empty.parquet"
+        proc, out = self.run(
+            tmp_path, "--train_file", str(files["train"]), "--validation_file", str(files["validation"])
+        )
+        assert_failed_before_training(proc, out, f"--{empty}_file", "empty.parquet", "has no rows")
+
+
+class TestIssue17API:
+    """Issue 17 (5, 6, 11, 27): the Python API's data checks."""
+
+    def test_fractional_float_label_names_the_row(self):
+        with pytest.raises(
+            ValueError, match=r"values seen: \[0.0, 1.0, 2.5\]\); first non-integer: row 2, label 2.5"
+        ):
+            check_labels(dataset([0.0, 1.0, 2.5, 1.0]), "label", num_labels=3)
+
+    def test_fractional_label_in_a_saved_split(self, tmp_path):
+        path = save_splits(tmp_path, train=dataset([0.0, 1.0, 1.0, 0.5]))
+        with pytest.raises(ValueError, match=r"1 row\(s\) with non-integer labels \[0.5\] \(first: row 3"):
+            load(tmp_path, dataset_name=path)
+
+    def test_null_image(self):
+        with pytest.raises(ValueError, match=r"image at row 7: ValueError: the row has no image \(null\)"):
+            decode_image(None, row=7)
+        rows = [{"bytes": png_bytes(i), "path": None} for i in range(3)] + [None]
+        with pytest.raises(
+            ValueError, match=r"1 of the 4 images .* row 3 \(ValueError: the row has no image"
+        ):
+            check_images(dataset([0] * 4, images=rows))
+
+    def test_classlabel_count_differs_from_the_model(self):
+        from hf_adautomix.data import prepare_datasets
+
+        raw = dataset([0, 1, 2, 1], datasets.ClassLabel(names=["a", "b", "c"]))
+        with pytest.raises(
+            ValueError, match=r"The model has 20 classes but the 'train' dataset's .* has 3\."
+        ):
+            prepare_datasets(raw, None, model_data=None, num_labels=20, seed=0)
+
+    def test_torch_dataset_label_outside_the_model(self):
+        from hf_adautomix.data import prepare_datasets
+
+        class Rows(torch.utils.data.Dataset):
+            def __len__(self):
+                return 4
+
+            def __getitem__(self, i):
+                return {"pixel_values": torch.zeros(3, 4, 4), "labels": torch.tensor([1, 15, 0, 2][i])}
+
+        with pytest.raises(ValueError, match=r"outside 0\.\.9 \(the model has 10 classes\): \[15\]"):
+            prepare_datasets(Rows(), None, model_data=None, num_labels=10, seed=0)
+        targets = torch.utils.data.TensorDataset(torch.zeros(3, 3, 4, 4))
+        targets.targets = [0, 12, 1]  # torchvision's attribute
+        with pytest.raises(ValueError, match=r"the model has 10 classes\): \[12\]"):
+            check_labels(targets, num_labels=10)
+
+    def test_digits_have_no_internal_column(self):
+        from hf_adautomix.data import load_digits_dataset
+
+        train, validation = load_digits_dataset()
+        assert train.column_names == validation.column_names == ["image", "label"]

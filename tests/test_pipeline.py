@@ -155,3 +155,18 @@ class TestDatasetLabelNames:
         assert dataset_label_names([raw["train"]], NUM_LABELS + 1) is None
         plain = datasets.Dataset.from_dict({"label": [0, 1]})
         assert dataset_label_names([plain], 2) is None
+
+
+class TestIssue17:
+    def test_decode_bars_name_their_splits_and_rows_stay_internal(self, capfd):
+        # Issue 17 (27): each decode progress bar carries its own split's name; users see no `__row__` column.
+        from hf_adautomix.data import prepare_datasets
+
+        raw = raw_splits(n_train=6, n_val=4)
+        prepare_datasets(
+            raw["train"], {"a": raw["validation"]}, model_data=None, num_labels=NUM_LABELS, seed=0
+        )
+        bars = {line.split(":")[0] for line in capfd.readouterr().err.replace("\r", "\n").splitlines()}
+        assert {"Decoding the train images", "Decoding the a images"} <= bars, bars
+        assert "__row__" not in raw["train"].column_names
+        assert "__row__" not in load_digits_dataset()[0].column_names

@@ -71,6 +71,8 @@ def split_classes(ds: datasets.Dataset, column: str, split: str) -> SplitClasses
         ValueError: for rows without a label, ClassLabel ids outside -1..num_classes-1, negative plain numeric
             labels, or a label feature that is neither a ClassLabel, strings nor numbers.
     """
+    if len(ds) == 0:
+        raise ValueError(f"The '{split}' split has no rows; it needs at least one image and label.")
     feature = ds.features[column]
     labels = _label_array(ds, column)
     where = f"The label column {column!r} of the '{split}' split"
@@ -107,7 +109,23 @@ def split_classes(ds: datasets.Dataset, column: str, split: str) -> SplitClasses
             f"{where} has negative labels {_preview(negative)} in {rows} row(s); class labels must be "
             "non-negative integers or class names. If they mark unlabelled rows, remove those rows."
         )
+    _refuse_fractions(labels, where)
     return SplitClasses(split, feature.dtype, False, frozenset(values), False)
+
+
+def _refuse_fractions(labels: pa.ChunkedArray, where: str) -> None:
+    """Float labels must be whole numbers (class ids): 2.5 is no class. Names the first offending row."""
+    if not pa.types.is_floating(labels.type):
+        return
+    fractional = pc.not_equal(labels, pc.floor(labels))  # NaN != NaN: NaN is refused too
+    rows = pc.sum(fractional).as_py() or 0
+    if rows:
+        first = pc.index(fractional, True).as_py()
+        values = pc.unique(pc.filter(labels, fractional)).to_pylist()
+        raise ValueError(
+            f"{where} has {rows} row(s) with non-integer labels {_preview(values)} (first: row {first}, label "
+            f"{labels[first].as_py()!r}); expected one integer class id per row. Fix those labels."
+        )
 
 
 def check_validation_classes(train: SplitClasses, validation: SplitClasses, column: str, val_name: str):
@@ -155,7 +173,10 @@ def check_labels(
     if isinstance(dataset, InMemoryImages):
         labels, column = pa.array(dataset.labels.numpy()), dataset.label_column
     elif not isinstance(dataset, datasets.Dataset):
-        return
+        values = _torch_dataset_labels(dataset)
+        if values is None:
+            return
+        labels, column = pa.chunked_array([pa.array(values)]), "labels"
     else:
         candidates = (label_column, *LABEL_COLUMN_CANDIDATES)
         column = next((c for c in candidates if c is not None and c in dataset.column_names), None)
@@ -180,9 +201,12 @@ def check_labels(
         pa.types.is_floating(labels.type) and pc.all(pc.equal(labels, pc.floor(labels))).as_py()
     )
     if not integral:
+        fractional = pc.invert(pc.fill_null(pc.equal(labels, pc.floor(labels)), False))
+        first = pc.index(fractional, True).as_py()
         raise ValueError(
             f"{where} has feature {dataset.features[column]}; expected one integer class id per row "
-            f"(values seen: {_preview(pc.unique(labels).to_pylist())})."
+            f"(values seen: {_preview(pc.unique(labels).to_pylist())}); first non-integer: row {first}, label "
+            f"{labels[first].as_py()!r}."
         )
     upper = num_labels if num_labels is not None else float("inf")
     bad = pc.or_(pc.less(labels, 0), pc.greater_equal(labels, upper))
@@ -194,6 +218,32 @@ def check_labels(
             f"{where} has {rows} row(s) with class ids outside {expected}: {_preview(values)}. Fix those "
             "labels, or give the model as many classes as the data has."
         )
+
+
+TORCH_SCAN_MAX_ROWS = (
+    20_000  # a torch Dataset without `targets` is read row by row up to this size to check labels
+)
+
+
+def _torch_dataset_labels(dataset) -> list | None:
+    """The labels of a torch-style dataset: its `targets` attribute (torchvision's), else each row's "labels" when
+    it has at most `TORCH_SCAN_MAX_ROWS` dict rows; None when they cannot be read."""
+    targets = getattr(dataset, "targets", None)
+    if targets is not None and not callable(targets):
+        values = list(targets)
+    elif hasattr(dataset, "__getitem__") and 0 < len(dataset) <= TORCH_SCAN_MAX_ROWS:
+        rows = (dataset[i] for i in range(len(dataset)))
+        values = []
+        for row in rows:
+            if not isinstance(row, dict) or "labels" not in row:
+                return None
+            values.append(row["labels"])
+    else:
+        return None
+    values = [v.item() if hasattr(v, "item") and getattr(v, "ndim", 0) == 0 else v for v in values]
+    if any(not isinstance(v, (int, float, str)) or isinstance(v, bool) for v in values if v is not None):
+        return None  # soft labels or other targets: `collate_fn` names them
+    return values
 
 
 def check_images(

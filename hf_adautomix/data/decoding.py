@@ -61,7 +61,14 @@ def decode_image(value: Any, row: int | None = None) -> PIL.Image.Image:
         return to_rgb(value)
     if isinstance(value, (str, os.PathLike)):
         value = {"path": os.fspath(value), "bytes": None}
+    value = value if value is not None else {"bytes": None, "path": None}
     data, path = value.get("bytes"), value.get("path")
+    if data is None and not path:
+        missing = ValueError("the row has no image (null)")
+        raise ValueError(
+            f"Could not decode image {_image_where(value, row)}: {_reason(missing)}. Remove this row or give it "
+            "an image."
+        ) from missing
     try:
         image = PIL.Image.open(io.BytesIO(data) if data is not None else path)
         image.load()  # decode now, so truncated files fail here rather than inside the transform
@@ -124,6 +131,7 @@ def decode_all(
                     cause = err.__cause__
                     if isinstance(value, (str, os.PathLike)):
                         value = {"path": os.fspath(value), "bytes": None}
+                    value = value if value is not None else {"bytes": None, "path": None}
                     failures.append(f"{_image_where(value, row).removeprefix('at ')} ({_reason(cause)})")
                     bombs |= isinstance(cause, PIL.Image.DecompressionBombError)
                     continue

@@ -41,6 +41,8 @@ class ImageData:
         label_column: name of the label column (a `ClassLabel`).
         labels: class names; the index is the class id.
         source: a human description of where the data came from.
+        validation_source: where the validation split came from when it has its own folder or file
+            (`--validation_dir`/`--validation_file`), else None.
     """
 
     train: datasets.Dataset
@@ -49,6 +51,7 @@ class ImageData:
     label_column: str
     labels: list[str]
     source: str
+    validation_source: str | None = None
 
     @property
     def num_labels(self) -> int:
@@ -70,7 +73,7 @@ def load_digits_dataset() -> tuple[datasets.Dataset, datasets.Dataset]:
     split is fixed and stratified: `train_test_split(test_size=0.2, stratify=y, random_state=0)`.
 
     Returns:
-        `(train, validation)` with columns `image` (`Image`), `label` (`ClassLabel` "0".."9") and `__row__`.
+        `(train, validation)` with columns `image` (`Image`) and `label` (`ClassLabel` "0".."9").
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -84,7 +87,6 @@ def load_digits_dataset() -> tuple[datasets.Dataset, datasets.Dataset]:
         {
             "image": datasets.Image(),
             "label": datasets.ClassLabel(names=[str(i) for i in range(10)]),
-            ROW_COLUMN: datasets.Value("int64"),
         }
     )
 
@@ -92,7 +94,6 @@ def load_digits_dataset() -> tuple[datasets.Dataset, datasets.Dataset]:
         columns = {
             "image": [images[i] for i in idx],
             "label": digits.target[idx].tolist(),
-            ROW_COLUMN: range(len(idx)),
         }
         return datasets.Dataset.from_dict({k: list(v) for k, v in columns.items()}, features=features)
 
@@ -172,7 +173,11 @@ def load_image_datasets(
         len(validation),
         len(labels),
     )
-    return ImageData(train, validation, image_col, label_col, labels, source)
+    own = data_args.validation_dir or data_args.validation_file
+    validation_source = (
+        f"{'image folder' if data_args.validation_dir else 'file'} {_short_path(own)!r}" if own else None
+    )
+    return ImageData(train, validation, image_col, label_col, labels, source, validation_source)
 
 
 def _load_splits(
@@ -204,7 +209,7 @@ def _load_splits(
         # the label check could not tell the user that the two files disagree.
         files = {"train": args.train_file, "validation": args.validation_file}
         splits = {
-            split: datasets.load_dataset(builder, data_files={split: path}, split=split, cache_dir=cache_dir)
+            split: _load_file(builder, split, path, cache_dir)
             for split, path in files.items()
             if path is not None
         }
@@ -217,6 +222,20 @@ def _load_splits(
         len(validation),
     )
     return {"train": train, "validation": validation}, "scikit-learn's handwritten digits (embedded default)"
+
+
+def _load_file(builder: str, split: str, path: str, cache_dir: str | None) -> datasets.Dataset:
+    """One `--train_file`/`--validation_file`; an empty file is an error naming it."""
+    empty = ValueError(f"--{split}_file {path!r} has no rows; it needs at least one image and label.")
+    try:
+        ds = datasets.load_dataset(builder, data_files={split: path}, split=split, cache_dir=cache_dir)
+    except ValueError as err:  # pyarrow's ArrowInvalid is a ValueError too
+        if "corresponds to no data" in str(err) or "BatchSize must be greater than 0" in str(err):
+            raise empty from err
+        raise
+    if len(ds) == 0:
+        raise empty
+    return ds
 
 
 def _short_path(path: str) -> str:

@@ -157,6 +157,7 @@ def prepare_datasets(
         _refuse_streaming(ds)
         if ds is not None:  # labels checked up front, also for datasets that are already transformed
             check_labels(ds, None, num_labels, split=split)
+            _check_class_count(ds, num_labels, split)
     raw = [(split, ds) for split, ds in splits if _is_raw(ds)]
     undecided = (None, None, (None, None))  # nothing raw: nothing to decide
     info, columns, (train_tf, eval_tf) = _decide(*raw[0], model_data, num_labels, seed) if raw else undecided
@@ -176,6 +177,19 @@ def _prepare(ds, split: str, columns: tuple[str, str] | None, transform):
     if ROW_COLUMN not in ds.column_names:  # names undecodable rows, seeds augmentation per row
         ds = ds.add_column(ROW_COLUMN, list(range(len(ds))))
     return transform_split(ds, transform, *columns, split)
+
+
+def _check_class_count(ds, num_labels: int, split: str) -> None:
+    """A ClassLabel label column must have as many classes as the model: otherwise the export's labels are wrong."""
+    features = getattr(ds, "features", None) or {}
+    column = next((c for c in LABEL_COLUMN_CANDIDATES if c in features), None)
+    feature = features[column] if column is not None else None
+    if isinstance(feature, datasets.ClassLabel) and feature.num_classes != num_labels:
+        raise ValueError(
+            f"The model has {num_labels} classes but the '{split}' dataset's label column {column!r} has "
+            f"{feature.num_classes}. Build the model with num_labels={feature.num_classes} "
+            "(and its id2label), or relabel the data."
+        )
 
 
 def _refuse_streaming(ds) -> None:
