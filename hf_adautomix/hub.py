@@ -39,6 +39,7 @@ def write_model_card(
     finetuned_from: str | None = None,
     tags: list[str] | None = None,
     license: str | None = None,
+    validation_dataset: str | None = None,
 ) -> str:
     """Write `output_dir/README.md`: Hub metadata (library, pipeline, tags, datasets, base model, a model-index with
     top-1, top-5, NLL and ECE of the online and EMA models), the method, the whole recipe, the environment, the
@@ -51,19 +52,27 @@ def write_model_card(
         dataset_id: its Hub id, if it has one (goes to `datasets:` and the model-index).
         finetuned_from: the pretrained checkpoint, if any (`base_model:`).
         tags: extra tags.
-        license: an SPDX-like license id for the card's metadata.
+        license: an SPDX-like license id for the card's metadata (`--license`).
+        validation_dataset: where the validation data came from, when not from `dataset` (e.g. --validation_dir):
+            the model-index names it as the dataset of the reported metrics.
     """
     args, mix = trainer.args, trainer.mixup_args
     model = trainer.model
     adapter = model.export_adapter(mix.export_model)
     is_ema = adapter is model.teacher
     name = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
+    # The snippets load the Hub id when pushed, else the folder as the user gave it (not its base name, which only
+    # resolves from its parent).
+    load_name = args.hub_model_id or args.output_dir
     dataset_name = dataset_id or dataset
+    # The metrics are the validation data's: name its source, not the training source, when it has its own.
+    eval_name = validation_dataset or dataset_name
+    base_model = _base_model(finetuned_from, adapter)
     eval_results = [
         EvalResult(
             task_type="image-classification",
-            dataset_type=dataset_id or "custom",
-            dataset_name=dataset_name,
+            dataset_type=dataset_id if dataset_id and not validation_dataset else "custom",
+            dataset_name=eval_name,
             dataset_split="validation",
             metric_type=metric_type,
             metric_name=f"{title} ({head})",
@@ -79,16 +88,18 @@ def write_model_card(
         tags=sorted(set(tags or []) | {"hf_adautomix", "image-classification", mix.mixup, adapter.arch_name}),
         datasets=[dataset_id] if dataset_id else None,
         license=license,
-        base_model=finetuned_from,
+        base_model=base_model,
         model_name=name,
         eval_results=eval_results or None,
     )
     rows = []
     mix_heads = (("online mix head", "eval_mix_head"), ("EMA mix head", "eval_ema_mix_head"))  # not exported
+    exported_head = "EMA teacher" if is_ema else "online"
     for head, prefix in HEADS + mix_heads:
         if f"{prefix}_accuracy" in metrics:
             vals = [metrics.get(f"{prefix}_{key}") for key, _, _ in METRICS]
-            rows.append(f"| {head} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in vals) + " |")
+            label = f"**{head} (the exported weights)**" if head == exported_head else head
+            rows.append(f"| {label} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in vals) + " |")
     template = resources.files("hf_adautomix").joinpath("templates/model_card.md").read_text()
     card = ModelCard.from_template(
         card_data,
@@ -99,6 +110,11 @@ def write_model_card(
         method=mix.mixup,
         dataset=dataset_name,
         split="validation",
+        validation=eval_name,
+        exported_head=exported_head,
+        base_model=base_model,
+        finetuned_from=finetuned_from,
+        num_classes=adapter.num_classes,
         method_description=METHOD_TEXT.get(mix.mixup, f"Classic mixup-family method `{mix.mixup}`."),
         exported="The EMA teacher's weights (backbone and the model's own head)."
         if is_ema
@@ -110,11 +126,20 @@ def write_model_card(
         ),
         environment=_environment(trainer),
         gallery=_gallery(args.output_dir),
-        load_snippets=adapter.load_snippets(name),
+        load_snippets=adapter.load_snippets(load_name),
     )
     path = os.path.join(args.output_dir, "README.md")
     card.save(path)
     return path
+
+
+def _base_model(finetuned_from: str | None, adapter) -> str | None:
+    """The Hub id of the weights training started from: `--model_name_or_path` (`hf-hub:` / `timm/` ids as the Hub
+    names them; a local folder is no Hub id), else the pretrained weights a timm architecture was created with."""
+    name = finetuned_from or adapter.pretrained_hub_id
+    if not name or os.path.isdir(name) or name.startswith("local-dir:"):
+        return None
+    return name.removeprefix("hf-hub:")
 
 
 def _training_lines(trainer) -> str:

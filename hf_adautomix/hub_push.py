@@ -56,7 +56,8 @@ class HubPushMixin:
     ) -> str:
         """Override: our card (`hub.write_model_card`) instead of Trainer's, also when `push_to_hub()` writes it.
         Metrics are the latest evaluation's in the log history. Arguments not given fall back to
-        `self.card_info` (which `save_model()` uses too)."""
+        `self.card_info` (which `save_model()` uses too; it may also name `validation_dataset`, the source of the
+        validation data when it is not the training source's)."""
         from .hub import write_model_card
 
         info = {**self.card_info}
@@ -73,6 +74,7 @@ class HubPushMixin:
             dataset_id=info.get("dataset_id"),
             finetuned_from=info.get("finetuned_from"),
             license=info.get("license"),
+            validation_dataset=info.get("validation_dataset"),
             tags=tags + ["vision"],
         )
 

@@ -221,3 +221,29 @@ class TestSwinTap:
             )
             first_conv = next(m for m in mixer.modules() if isinstance(m, nn.Conv2d))
             assert first_conv.in_channels in (8 * self.EMBED, 8 * self.EMBED + 1)  # + the λ channel
+
+
+def test_timm_hub_ids_get_the_hf_hub_prefix(monkeypatch):
+    """`timm/<id>` (the Hub's name of timm models) is `hf-hub:timm/<id>` (issue 17.20): offline, the error is the
+    download's, not timm's name check ('has no source prefix')."""
+    from hf_adautomix.backbones.build import timm_model_id
+
+    assert timm_model_id("timm/resnet18.tv_in1k") == "hf-hub:timm/resnet18.tv_in1k"
+    assert timm_model_id("resnet18") == "resnet18"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError) as err:
+        build_model(num_labels=2, id2label={0: "a", 1: "b"}, model_name_or_path="timm/no-such-model.x_in1k")
+    assert "source prefix" not in str(err.value) and "hf-hub:timm/no-such-model.x_in1k" in str(err.value)
+
+
+def test_scratch_timm_export_carries_no_weights_metadata(tmp_path):
+    """A timm model trained from scratch (here the --cifar_stem variant) does not carry the ImageNet weights'
+    pretrained_cfg facts (tag, paper_ids, license, origin_url, hub id) into its export (issue 17.17)."""
+    model = build_model(
+        num_labels=2, id2label={0: "a", 1: "b"}, timm_model="resnet18", cifar_stem=True,
+        config_overrides="layers=[1,1,1,1]",
+    )  # fmt: skip
+    wrap_classifier(model).export(str(tmp_path))
+    cfg = json.loads((tmp_path / "config.json").read_text())["pretrained_cfg"]
+    assert not {"tag", "paper_ids", "license", "origin_url", "hf_hub_id"} & set(cfg), cfg

@@ -60,3 +60,50 @@ def test_timm_cifar_card_says_to_import_us(tmp_path):
     text = (tmp_path / "out" / "README.md").read_text()
     assert "import hf_adautomix  # registers the CIFAR variant (resnet18_cifar)" in text
     assert 'timm.create_model("hf-hub:me/tiny-ada", pretrained=True)' in text
+
+
+def test_card_names_what_it_measured_and_exported(tmp_path):
+    """Issue 17.25 / 17.17: the model-index names the validation source, the exported row is marked, fine-tuned
+    runs get base_model, the card has intended uses and limitations, and a --license flag exists."""
+    from hf_adautomix.arguments import ModelArguments
+
+    assert ModelArguments(license="mit").license == "mit"
+    trainer = trained(tmp_path)
+    trainer.card_info = {
+        "dataset": "image folder 'data/train'",
+        "validation_dataset": "image folder 'data/val'",
+        "finetuned_from": "timm/resnet18.tv_in1k",
+        "license": "mit",
+    }
+    card = ModelCard.load(trainer.create_model_card())
+    assert card.data.license == "mit" and card.data.base_model == "timm/resnet18.tv_in1k"
+    assert {r.dataset_name for r in card.data.eval_results} == {"image folder 'data/val'"}
+    assert {r.dataset_split for r in card.data.eval_results} == {"validation"}
+    text = card.text
+    assert "## Intended uses and limitations" in text
+    assert "| **EMA teacher (the exported weights)** |" in text and "| online |" in text
+    assert "validation split: image folder 'data/val'" in text
+    # a local folder is no Hub id: no base_model
+    trainer.card_info = {"dataset": "d", "finetuned_from": str(tmp_path)}
+    assert ModelCard.load(trainer.create_model_card()).data.base_model is None
+
+
+def test_card_snippets_use_the_path_as_given_and_say_what_to_install(tmp_path, monkeypatch):
+    """Issue 17.22: without a Hub id the snippets load the output folder as the user gave it, not its base name;
+    17.21: the first usage lines say what to install and import, and why, before any snippet."""
+    monkeypatch.chdir(tmp_path)
+    model, size = make_model("timm_resnet")
+    trainer = AdAutoMixTrainer(
+        model=model,
+        args=targs(tmp_path, output_dir="runs/r18", seed=3),
+        mixup_args=MixupArguments(mixup="none"),
+        train_dataset=tensor_dataset(8, size),
+        eval_dataset=tensor_dataset(4, size),
+    )
+    trainer.train()
+    trainer.save_model()
+    text = (tmp_path / "runs" / "r18" / "README.md").read_text()
+    assert 'model="runs/r18"' in text and 'model="r18"' not in text
+    assert 'timm.create_model("local-dir:runs/r18", pretrained=True)' in text
+    usage = text.split("## Load it", 1)[1]
+    assert usage.index("pip install hf_adautomix") < usage.index("```")

@@ -495,3 +495,29 @@ class TestRecipeMatchesRelease:
             assert "drop_path_rate" not in overrides
         else:
             assert float(overrides["drop_path_rate"]) == pytest.approx(row.drop_path_rate)
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_recipe_model_id_resolves_offline(parse_args, recipe, monkeypatch):
+    """Each recipe's model id is a name timm/transformers accept: offline, loading gets as far as the download
+    (issue 17.20: `timm/<id>` failed on timm's own name check, 'has no source prefix')."""
+    from hf_adautomix.backbones import build_model
+
+    model_args, _, _, _ = parse_args([str(CONFIGS / recipe), "--use_cpu", "True"])
+    if model_args.timm_model and not model_args.pretrained:
+        assert timm.is_model(model_args.timm_model)  # an architecture: nothing to download
+        return
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    try:
+        build_model(
+            num_labels=4,
+            id2label={i: str(i) for i in range(4)},
+            model_name_or_path=model_args.model_name_or_path,
+            timm_model=model_args.timm_model,
+            pretrained=model_args.pretrained,
+            cifar_stem=model_args.cifar_stem,
+        )
+    except ValueError as e:  # not in the local cache: the error must be the download's, not the name's
+        assert "source prefix" not in str(e) and "HF_HUB_OFFLINE is set" in str(e), str(e)
+        assert "LocalEntryNotFoundError" in str(e) or "offline" in str(e).lower(), str(e)

@@ -148,6 +148,11 @@ class ClassifierAdapter(nn.Module, metaclass=abc.ABCMeta):
         return False
 
     @property
+    def pretrained_hub_id(self) -> str | None:
+        """The Hub id of the released weights the model was created with, when its library records one."""
+        return None
+
+    @property
     @abc.abstractmethod
     def needs_fixed_size(self) -> bool:
         """Whether the model takes only one input size (absolute position embeddings, fixed windows)."""

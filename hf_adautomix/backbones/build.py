@@ -169,8 +169,7 @@ def _build_timm(
     """`timm.create_model` of an architecture (`pretrained` as asked) or a Hub/local id (always pretrained)."""
     import timm
 
-    if os.path.isdir(name):
-        name = "local-dir:" + name
+    name = timm_model_id(name)
     kwargs = dict(kwargs)
     if image_size and _timm_takes_img_size(name):
         kwargs.setdefault("img_size", image_size)
@@ -183,8 +182,31 @@ def _build_timm(
         raise _offline_error(name, e) from e
     except (OSError, ValueError) as e:
         raise _offline_error(name, e) from e
-    model.pretrained_cfg = {**model.pretrained_cfg, "label_names": [id2label[i] for i in range(num_labels)]}
+    cfg = model.pretrained_cfg if pretrained else _without_weights_facts(model.pretrained_cfg)
+    model.pretrained_cfg = {**cfg, "label_names": [id2label[i] for i in range(num_labels)]}
     return model
+
+
+# pretrained_cfg keys that describe a set of released weights, not the architecture: a model trained from scratch
+# must not carry them into its export (timm's save_for_hf writes pretrained_cfg to config.json).
+WEIGHTS_FACTS = (
+    "tag", "hf_hub_id", "hf_hub_filename", "url", "file", "source", "paper_ids", "paper_name", "license",
+    "origin_url", "notes", "description", "state_dict", "custom_load",
+)  # fmt: skip
+
+
+def _without_weights_facts(cfg: dict) -> dict:
+    return {k: v for k, v in cfg.items() if k not in WEIGHTS_FACTS}
+
+
+def timm_model_id(name: str) -> str:
+    """The name timm.create_model takes for a model id: `timm/<id>` (how the Hub names timm models) is
+    `hf-hub:timm/<id>`, a folder is `local-dir:<folder>`; anything else is returned as it is."""
+    if name.startswith("timm/"):
+        return "hf-hub:" + name
+    if os.path.isdir(name):
+        return "local-dir:" + name
+    return name
 
 
 def _build_transformers_config(
@@ -235,7 +257,7 @@ def _offline_error(name: str, err: Exception) -> Exception:
 
 
 def _is_timm_export(path: str) -> bool:
-    if path.startswith(("local-dir:", "hf-hub:")):
+    if path.startswith(("local-dir:", "hf-hub:", "timm/")):
         return True
     config = os.path.join(path, "config.json")
     if not os.path.isfile(config):
@@ -257,7 +279,7 @@ def load_export(path: str, device: str | torch.device | None = None) -> Classifi
     if _is_timm_export(path):
         import timm
 
-        name = path if path.startswith(("local-dir:", "hf-hub:")) else f"local-dir:{path}"
+        name = path if path.startswith(("local-dir:", "hf-hub:")) else timm_model_id(path)
         model = timm.create_model(name, pretrained=True)
     else:
         from transformers import AutoModelForImageClassification

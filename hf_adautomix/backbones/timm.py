@@ -110,6 +110,12 @@ class TimmAdapter(ClassifierAdapter):
     def has_cifar_stem(self) -> bool:
         return self.arch_name.endswith("_cifar")
 
+    @property
+    def pretrained_hub_id(self) -> str | None:
+        # build_model drops hf_hub_id from a model created without weights; a local folder is no Hub id.
+        cfg = self.model.pretrained_cfg
+        return None if cfg.get("source") == "local-dir" else cfg.get("hf_hub_id") or None
+
     def pretrained_data_config(self) -> dict[str, Any] | None:
         from timm.data import resolve_data_config
 
@@ -152,10 +158,13 @@ class TimmAdapter(ClassifierAdapter):
         cifar = self.has_cifar_stem
         imports = f"import hf_adautomix  # registers the CIFAR variant ({self.arch_name})\n" if cifar else ""
         note = (
-            f"`import hf_adautomix` registers the CIFAR variant `{self.arch_name}` (its 3x3 stride-1 stem) with "
-            "timm; every loader needs it, as timm's own model arguments cannot express that stem.\n\n"
+            "**First install and import hf_adautomix** (`pip install hf_adautomix`, then `import hf_adautomix` "
+            f"before loading): it registers the CIFAR variant `{self.arch_name}` (its 3x3 stride-1 stem) with "
+            "timm. Every loader (timm, `pipeline`, `AutoModelForImageClassification`) needs it, as timm's own "
+            'model arguments cannot express that stem; without it they fail with "not supported in your version '
+            'of timm", and upgrading timm does not help.\n\n'
             if cifar
-            else ""
+            else "Needs `pip install timm transformers`; nothing else.\n\n"
         )
         return (
             f"{note}```python\n{imports}import timm\n\n"

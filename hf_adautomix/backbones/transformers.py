@@ -216,10 +216,10 @@ class TransformersAdapter(ClassifierAdapter):
         custom = self.has_cifar_stem
         remote = ", trust_remote_code=True" if custom else ""
         note = (
-            "The CIFAR ResNet's code travels with the checkpoint (`trust_remote_code=True`; with `import "
-            "hf_adautomix` it is not needed).\n\n"
+            "Needs `pip install transformers torch` only: the CIFAR ResNet's code travels with the checkpoint "
+            "(`trust_remote_code=True`; with `import hf_adautomix` it is not needed).\n\n"
             if custom
-            else ""
+            else "Needs `pip install transformers torch`; nothing else.\n\n"
         )
         return (
             f"{note}```python\nfrom transformers import pipeline\n\n"
