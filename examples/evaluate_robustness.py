@@ -27,8 +27,16 @@ from transformers import HfArgumentParser
 from hf_adautomix import DataTrainingArguments
 from hf_adautomix.data import load_image_datasets
 from hf_adautomix.evaluation.robustness import CORRUPTIONS, evaluate_robustness, load_exported
+from hf_adautomix.smoke import smoke_argv
 
 logger = logging.getLogger(__name__)
+
+# HF_ADAUTOMIX_SMOKE=1 (tests/test_docs.py runs the docs' commands): 16 images, two corruptions at one severity,
+# two occlusion ratios.
+SMOKE_CAPS = [
+    "--max_eval_samples", "16", "--batch_size", "16", "--corruptions", "gaussian_noise,contrast",
+    "--severities", "1", "--occlusion_ratios", "0,0.5",
+]  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -112,7 +120,9 @@ class RobustnessArguments:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser((RobustnessArguments, DataTrainingArguments))
-    namespace = parser.parse_args(args=argv)
+    namespace = parser.parse_args(
+        args=smoke_argv(sys.argv[1:] if argv is None else argv, SMOKE_CAPS, "evaluate_robustness.py")
+    )
     given = vars(namespace)
     if (given["validation_file"] or given["validation_dir"]) and not (
         given["train_file"] or given["train_dir"] or given["dataset_name"]

@@ -21,7 +21,7 @@ import sys
 
 logger = logging.getLogger(__name__)
 
-IGNORE_PATTERNS = ["checkpoint-*", "_*", "last-checkpoint*", ".hf_adautomix.lock"]  # run_lock.LOCK_FILE
+IGNORE_PATTERNS = ["checkpoint-*", "_*", "last-checkpoint*", ".hf_adautomix.lock"]  # run_folder.LOCK_FILE
 WEIGHTS = (
     "model.safetensors",
     "model.safetensors.index.json",

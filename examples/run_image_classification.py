@@ -23,6 +23,7 @@ import os
 import sys
 
 import datasets
+import torch
 import transformers
 import yaml
 from transformers import HfArgumentParser, TrainingArguments, set_seed
@@ -30,7 +31,6 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 from hf_adautomix import AdAutoMixTrainer, DataTrainingArguments, MixupArguments, ModelArguments
 from hf_adautomix.arguments import bad_choice_message
 from hf_adautomix.backbones import build_model, wrap_classifier
-from hf_adautomix.checkpoints import check_output_dir, resolve_resume, run_record
 from hf_adautomix.data import (
     apply_transforms,
     check_images,
@@ -38,7 +38,15 @@ from hf_adautomix.data import (
     load_image_datasets,
     resolve_transforms,
 )
-from hf_adautomix.run_lock import lock_output_dir
+from hf_adautomix.optim import check_step_counts
+from hf_adautomix.run_folder import (
+    check_output_dir,
+    finished_results,
+    lock_output_dir,
+    resolve_resume,
+    run_record,
+)
+from hf_adautomix.smoke import smoke_argv
 from hf_adautomix.trainer import NonFiniteError
 
 logger = logging.getLogger(__name__)
@@ -64,6 +72,16 @@ SCRIPT_DEFAULTS = {
     "max_grad_norm": 0.0,
 }
 
+
+# HF_ADAUTOMIX_SMOKE=1 (tests/test_docs.py runs the docs' commands): two steps of 8 images (one epoch, so the epoch's
+# evaluation runs too), 16 evaluation images; with fewer GPUs than this machine's processes (none on a CPU machine)
+# also --use_cpu, so that the docs' GPU launch lines (`accelerate launch --multi_gpu`, `torchrun`) run as CPU
+# processes over gloo.
+SMOKE_CAPS = [
+    "--max_steps", "2", "--max_train_samples", "16", "--per_device_train_batch_size", "8",
+    "--max_eval_samples", "16", "--per_device_eval_batch_size", "16", "--dataloader_num_workers", "0",
+    *(["--use_cpu", "True"] if torch.cuda.device_count() < int(os.environ.get("LOCAL_WORLD_SIZE", "1")) else []),
+]  # fmt: skip
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 
@@ -178,22 +196,9 @@ def _check_training_args(mixup_args: MixupArguments, training_args: TrainingArgu
         )
 
 
-def check_step_counts(args) -> None:
-    """TrainingArguments that would crash in training or make no optimizer step, refused with the flag named."""
-    if args.gradient_accumulation_steps < 1:
-        raise ValueError(
-            f"--gradient_accumulation_steps {args.gradient_accumulation_steps} must be 1 or more."
-        )
-    if args.max_steps <= 0 and args.num_train_epochs <= 0:
-        raise ValueError(
-            f"--num_train_epochs {args.num_train_epochs:g} with --max_steps {args.max_steps} makes no optimizer "
-            "step: nothing would be trained. Give --num_train_epochs > 0 or --max_steps > 0."
-        )
-
-
 def _check_step_counts(training_args: TrainingArguments) -> None:
     """Batch sizes and step counts that would crash in training or train nothing."""
-    check_step_counts(training_args)
+    check_step_counts(training_args)  # also at the start of AdAutoMixTrainer.train (the Python API)
     if training_args.per_device_train_batch_size < 2:
         raise ValueError(
             f"--per_device_train_batch_size {training_args.per_device_train_batch_size} is below 2: mixup mixes "
@@ -203,7 +208,8 @@ def _check_step_counts(training_args: TrainingArguments) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     # ----- Arguments ------------------------------------------------------------------------------------------
-    model_args, data_args, mixup_args, training_args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = smoke_argv(sys.argv[1:] if argv is None else argv, SMOKE_CAPS, "run_image_classification.py")
+    model_args, data_args, mixup_args, training_args = parse_args(argv)
 
     # ----- Logging --------------------------------------------------------------------------------------------
     logging.basicConfig(
@@ -261,6 +267,16 @@ def main(argv: list[str] | None = None) -> dict:
         training_args.resume_from_checkpoint,
         main_process=training_args.process_index == 0,
     )
+    trains = _trains(training_args, argv)
+    done = finished_results(
+        training_args.output_dir, resume, training_args.max_steps, training_args.num_train_epochs
+    )
+    if trains and done is not None and not training_args.push_to_hub:  # (with it: push what is there again)
+        logger.warning(
+            "%s holds this command's finished run (export, model card, metrics): nothing to do, nothing changed.",
+            training_args.output_dir,
+        )
+        return done
 
     # ----- Transforms: the CIFAR recipe for small images, the ImageNet recipe otherwise; the data's size unless
     # the model needs its own (ViT, Swin); a pretrained model's mean/std. The same decision as the Python API's ----
@@ -304,7 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     # ----- Training (skipped by an explicit --do_train False: an evaluation-only run, no export) ---------------
-    if not _trains(training_args, sys.argv[1:] if argv is None else argv):
+    if not trains:
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)

@@ -6,9 +6,10 @@ file, written once the files are fsynced, to a temporary name and renamed, so it
 only then deletes older checkpoints. A checkpoint is *complete* when that file is there and every file it lists has
 its size and hash.
 
-The other faults a run must survive are here too: resuming a re-run command (or refusing it when its arguments
-changed), an output folder that cannot hold the results, and divergence (`NonFiniteError`, raised by the non-finite
-guard, which points back to the last complete checkpoint, and by the export, which never writes non-finite weights).
+A save that fails (a full disk) is one `OSError` naming the checkpoint and the last complete one (`save_failed`).
+Divergence is `NonFiniteError`, raised by the non-finite guard, which points back to the last complete checkpoint,
+and by the export, which never writes non-finite weights. What a re-run does with the checkpoints of its output
+folder is `run_folder`'s concern.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import logging
 import os
 import re
 
+import torch
+
 logger = logging.getLogger(__name__)
 
 COMPLETE_FILE = "hf_adautomix_complete.json"
-_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
 class NonFiniteError(RuntimeError):
@@ -33,7 +36,7 @@ def checkpoint_dirs(folder: str) -> list[str]:
     """The `checkpoint-N` folders in `folder`, by increasing N."""
     if not os.path.isdir(folder):
         return []
-    found = [(int(m.group(1)), name) for name in os.listdir(folder) if (m := _CHECKPOINT_RE.match(name))]
+    found = [(int(m.group(1)), name) for name in os.listdir(folder) if (m := CHECKPOINT_RE.match(name))]
     return [
         os.path.join(folder, name) for _, name in sorted(found) if os.path.isdir(os.path.join(folder, name))
     ]
@@ -65,7 +68,7 @@ def umask_modes(folder: str) -> None:
     if mode == 0o600:
         return
     for root, dirs, names in os.walk(folder):
-        dirs[:] = [d for d in dirs if not _CHECKPOINT_RE.match(d)]
+        dirs[:] = [d for d in dirs if not CHECKPOINT_RE.match(d)]
         for name in names:
             path = os.path.join(root, name)
             if not os.path.islink(path) and os.stat(path).st_mode & 0o777 == 0o600:
@@ -162,14 +165,17 @@ def check_resumable(checkpoint: str) -> None:
 
 
 def _step(checkpoint: str) -> int:
-    m = _CHECKPOINT_RE.match(os.path.basename(os.path.normpath(checkpoint)))
+    m = CHECKPOINT_RE.match(os.path.basename(os.path.normpath(checkpoint)))
     return int(m.group(1)) if m else -1
 
 
-def checkpoint_to_resume(resume: str | bool | None, output_dir: str) -> str | None:
+def checkpoint_to_resume(
+    resume: str | bool | None, output_dir: str, model: torch.nn.Module | None = None
+) -> str | None:
     """What `train(resume_from_checkpoint=resume)` resumes from: for True the last *complete* checkpoint in
-    `output_dir` (skipping, with a warning, any that an interrupted save left), a named checkpoint once
-    `check_resumable` passed it, else None."""
+    `output_dir` (skipping, with a warning, any that an interrupted save left), a named checkpoint (or a run
+    folder's last one) once `check_resumable` passed it, else None. With `model`, a checkpoint whose weights are
+    not that model's (another mixer's) is refused in one line (`check_same_keys`)."""
     if resume is True:
         checkpoint = last_complete_checkpoint(output_dir)
         if checkpoint is None:
@@ -177,11 +183,27 @@ def checkpoint_to_resume(resume: str | bool | None, output_dir: str) -> str | No
                 f"resume_from_checkpoint=True: there is no complete checkpoint in {output_dir!r}."
             )
         logger.warning("Resuming from %s.", checkpoint)
-        return checkpoint
-    if resume:
-        resume = _run_folder_checkpoint(resume) or resume
-        check_resumable(resume)
-    return resume or None
+    elif resume:
+        checkpoint = run_folder_checkpoint(resume) or resume
+        check_resumable(checkpoint)
+    else:
+        return None
+    if model is not None:
+        check_same_keys(checkpoint, model)
+    return checkpoint
+
+
+def run_folder_checkpoint(path: str) -> str | None:
+    """`--resume_from_checkpoint RUN_FOLDER` (a folder of `checkpoint-N`, not one): its last complete checkpoint."""
+    if not os.path.isdir(path) or CHECKPOINT_RE.match(os.path.basename(os.path.normpath(path))):
+        return None
+    if os.path.isfile(os.path.join(path, COMPLETE_FILE)) or not checkpoint_dirs(path):
+        return None
+    checkpoint = last_complete_checkpoint(path)
+    if checkpoint is None:
+        raise ValueError(f"--resume_from_checkpoint {path!r}: that run folder holds no complete checkpoint.")
+    logger.warning("--resume_from_checkpoint %s is a run folder: resuming from %s.", path, checkpoint)
+    return checkpoint
 
 
 def finished_at(checkpoint: str, max_steps: int, num_train_epochs: float) -> bool:
@@ -198,203 +220,68 @@ def finished_at(checkpoint: str, max_steps: int, num_train_epochs: float) -> boo
     return step >= state.get("max_steps", 0) and state.get("num_train_epochs", 0) == num_train_epochs
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Re-running a command: resume, or refuse when the arguments changed
-# ---------------------------------------------------------------------------------------------------------------
-RUN_FILE = "hf_adautomix_run.json"
-# Arguments that may change between a run and its resumption: where things go, how much is logged, secrets.
-_FREE_TO_CHANGE = {
-    "output_dir",
-    "resume_from_checkpoint",
-    "run_name",
-    "project",
-    "report_to",
-    "disable_tqdm",
-    "log_level",
-    "log_level_replica",
-    "log_on_each_node",
-    "logging_dir",
-    "logging_strategy",
-    "logging_steps",
-    "logging_first_step",
-    "logging_nan_inf_filter",
-    "push_to_hub",
-    "hub_model_id",
-    "hub_strategy",
-    "hub_token",
-    "hub_private_repo",
-    "hub_always_push",
-    "hub_revision",
-    "token",
-    "cache_dir",
-    "save_total_limit",
-    "save_steps",
-    "save_strategy",
-    "save_on_each_node",
-    "dataloader_num_workers",
-    "dataloader_pin_memory",
-    "dataloader_persistent_workers",
-    "dataloader_prefetch_factor",
-    "dataloader_multiprocessing_context",
-    "per_device_eval_batch_size",
-    "eval_strategy",
-    "eval_steps",
-    "eval_delay",
-    "eval_on_start",
-    "local_rank",
-    "save_mix_every",
-    "eval_robustness",
-    "eval_robustness_samples",
-    "skip_memory_metrics",
-    "trackio_space_id",
-    "trackio_bucket_id",
-    "trackio_static_space_id",
-    "ddp_timeout",
-    "max_nonfinite_steps",
-}
+def finished_state(checkpoint: str, output_dir: str):
+    """The `TrainerState` and `TrainOutput` of a run that ended at `checkpoint`, for a re-run of it: the run's own
+    `output_dir/trainer_state.json` and `train_results.json` when they are of that step (they hold the final log
+    entry: train loss, wall time), else the checkpoint's state and its last logged loss."""
+    from transformers import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+    final = os.path.join(output_dir, "trainer_state.json")
+    if os.path.isfile(final):
+        run_state = TrainerState.load_from_json(final)
+        if run_state.global_step == state.global_step and len(run_state.log_history) >= len(
+            state.log_history
+        ):
+            state = run_state
+    metrics = next((dict(h) for h in reversed(state.log_history) if "train_loss" in h), None)
+    if metrics is None:
+        losses = [h["loss"] for h in state.log_history if "loss" in h]
+        metrics = {"train_loss": losses[-1] if losses else float("nan"), "epoch": state.epoch}
+    metrics.pop("step", None)
+    return state, TrainOutput(state.global_step, metrics["train_loss"], metrics)
 
 
-def run_record(*arg_groups) -> dict:
-    """The arguments that decide what a run trains, as JSON values (secrets and free-to-change ones left out)."""
-    record = {}
-    for group in arg_groups:
-        values = group.to_dict() if hasattr(group, "to_dict") else dict(vars(group))
-        for key, value in values.items():
-            if key in _FREE_TO_CHANGE or key.startswith("_") or key.endswith("token"):
-                continue
-            record[key] = json.loads(json.dumps(getattr(value, "value", value), default=str))
-    return record
+def save_failed(err: BaseException, what: str, output_dir: str) -> OSError:
+    """The one-line error for a save of `what` (a checkpoint or export folder) that failed, e.g. on a full disk:
+    safetensors raises its own error type there, with the OS error in its text. Names the last complete
+    checkpoint of `output_dir`, which a re-run resumes from (the failed one is incomplete and skipped)."""
+    reason = " ".join(str(err).split()) or type(err).__name__
+    if len(reason) > 200:
+        reason = reason[:199] + "…"
+    last = last_complete_checkpoint(output_dir, warn=False) if os.path.isdir(output_dir) else None
+    resume = f"it resumes from {last}" if last else "it starts over (there is no complete checkpoint yet)"
+    return OSError(
+        f"Could not write {what} ({reason}). Free space in {output_dir} (or lower --save_total_limit), then re-run "
+        f"the command: {resume}; nothing that was complete is lost."
+    )
 
 
-def resolve_resume(
-    output_dir: str, record: dict, resume: str | bool | None, *, main_process: bool = True
-) -> str | None:
-    """What a (re-)run of a command resumes from, as transformers' example scripts decide, but safely.
-
-    - `resume` is a path: that checkpoint, if it is complete (else an error naming the last complete one).
-    - `resume` is True, or None while `output_dir` holds checkpoints: the last complete checkpoint, provided the
-      run that wrote it had the same arguments (`RUN_FILE`); otherwise an error listing the differences.
-    - `resume` is False: train from scratch; the old `checkpoint-*` folders are deleted first (they would
-      otherwise be mixed with the new run's).
-
-    Writes `record` to `output_dir/RUN_FILE` when training is to go ahead. Only the `main_process` deletes and
-    writes; every process takes the same decision.
-    """
-    if isinstance(resume, str) and resume.lower() in ("true", "false"):
-        resume = resume.lower() == "true"
-    existing = checkpoint_dirs(output_dir)
-    checkpoint = None
-    if resume is False:
-        for path in existing if main_process else []:
-            logger.warning("--resume_from_checkpoint False: deleting %s of an earlier run.", path)
-            import shutil
-
-            shutil.rmtree(path)
-    elif isinstance(resume, str):
-        checkpoint = _run_folder_checkpoint(resume) or resume
-        check_resumable(checkpoint)
-        _check_same_mixer(record, checkpoint)
-    elif existing:
-        checkpoint = last_complete_checkpoint(output_dir)
-        if checkpoint is None and resume is True:
-            raise ValueError(f"--resume_from_checkpoint True: no complete checkpoint in {output_dir!r}.")
-        if checkpoint is not None:
-            _check_same_mixer(record, checkpoint)
-            _check_same_run(output_dir, record, checkpoint, strict=resume is None)
-            logger.warning(
-                "Resuming from %s (the last complete checkpoint in --output_dir; pass --resume_from_checkpoint "
-                "False to start over).",
-                checkpoint,
-            )
-    elif resume is True:
-        raise ValueError(f"--resume_from_checkpoint True: there is no checkpoint in {output_dir!r}.")
-    if not main_process:
-        return checkpoint
-    os.makedirs(output_dir, exist_ok=True)
-    tmp = os.path.join(output_dir, RUN_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=1, sort_keys=True)
-    os.replace(tmp, os.path.join(output_dir, RUN_FILE))
-    return checkpoint
+# The wrapper's step count: extra state now, a `step` buffer in checkpoints of earlier versions (both load).
+_STEP_KEYS = ("_extra_state", "step")
 
 
-def _check_same_mixer(record: dict, checkpoint: str) -> None:
-    """A checkpoint of another `--mixup` holds other modules (keys): refuse it in one line, naming both mixers."""
-    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), RUN_FILE)
-    try:
-        with open(path) as f:
-            before = json.load(f).get("mixup")
-    except (OSError, ValueError, AttributeError):
-        return  # no record of the run that wrote it: Trainer's own loading checks the keys
-    if before is not None and "mixup" in record and before != record["mixup"]:
-        raise ValueError(
-            f"--resume_from_checkpoint {checkpoint}: it was written by a --mixup {before} run ({path}), this run is "
-            f"--mixup {record['mixup']}: their model keys differ (mixer modules). Resume with --mixup {before}, or "
-            "start from its weights with --model_name_or_path on an export instead."
-        )
+def _prefixes(keys: set[str]) -> list[str]:
+    """The modules (first two name parts) that `keys` belong to."""
+    return sorted({".".join(k.split(".")[:2]) for k in keys})
 
 
-def _run_folder_checkpoint(path: str) -> str | None:
-    """`--resume_from_checkpoint RUN_FOLDER` (a folder of `checkpoint-N`, not one): its last complete checkpoint."""
-    if not os.path.isdir(path) or _CHECKPOINT_RE.match(os.path.basename(os.path.normpath(path))):
-        return None
-    if os.path.isfile(os.path.join(path, COMPLETE_FILE)) or not checkpoint_dirs(path):
-        return None
-    checkpoint = last_complete_checkpoint(path)
-    if checkpoint is None:
-        raise ValueError(f"--resume_from_checkpoint {path!r}: that run folder holds no complete checkpoint.")
-    logger.warning("--resume_from_checkpoint %s is a run folder: resuming from %s.", path, checkpoint)
-    return checkpoint
-
-
-def _check_same_run(output_dir: str, record: dict, checkpoint: str, *, strict: bool = True) -> None:
-    """Refuse (`strict`: the implicit re-run of a command) or warn (an explicit --resume_from_checkpoint True:
-    extending a run with more steps is the common case) when the arguments differ from those of the run."""
-    path = os.path.join(output_dir, RUN_FILE)
+def check_same_keys(checkpoint: str, model: torch.nn.Module) -> None:
+    """Refuse, in one line, a checkpoint whose weights are not `model`'s (another --mixup's modules, another
+    architecture): Trainer would fail in its key report, or load half of them."""
+    path = os.path.join(checkpoint, "model.safetensors")
     if not os.path.isfile(path):
-        logger.warning(
-            "%s has no %s: cannot check that it was trained with the same arguments.", output_dir, RUN_FILE
-        )
-        return
-    with open(path) as f:
-        before = json.load(f)
-    changed = sorted(k for k in set(before) | set(record) if before.get(k) != record.get(k))
-    diffs = "; ".join(f"--{k} {before.get(k)!r} there, {record.get(k)!r} now" for k in changed[:8])
-    if changed and not strict:
-        logger.warning("Resuming from %s with changed arguments: %s.", checkpoint, diffs)
-    elif changed:
+        return  # sharded or .bin checkpoints: Trainer's own loading reports them
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        saved = {k for k in f.keys() if k not in _STEP_KEYS}
+    own = {k for k in model.state_dict() if k not in _STEP_KEYS}
+    if saved != own:
         raise ValueError(
-            f"--output_dir {output_dir!r} holds checkpoints (last complete: {checkpoint}) of a run with other "
-            f"arguments: {diffs}{' …' if len(changed) > 8 else ''}. Re-run with the same arguments to resume it, "
-            "pass --resume_from_checkpoint False to start over (its checkpoints are deleted), or use another "
-            "--output_dir."
-        )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Before training: can the results be written at all?
-# ---------------------------------------------------------------------------------------------------------------
-def check_output_dir(output_dir: str, needed_bytes: int) -> None:
-    """Raise a clear OSError now, rather than after training, when `output_dir` cannot be written or lacks
-    `needed_bytes` of free space."""
-    import shutil
-    import tempfile
-
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write_test_") as f:
-            f.write(b"0" * 4096)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as err:
-        raise OSError(
-            f"--output_dir {output_dir!r} is not writable ({err.strerror or err}); the trained model could not "
-            "be saved there. Choose a writable --output_dir."
-        ) from err
-    free = shutil.disk_usage(output_dir).free
-    if free < needed_bytes:
-        raise OSError(
-            f"--output_dir {output_dir!r} has {free / 2**20:.1f} MiB free; saving this run needs about "
-            f"{needed_bytes / 2**20:.1f} MiB (the exported model and checkpoints). Free some space or choose "
-            "another --output_dir."
+            f"Cannot resume from {checkpoint}: its weights are not this model's (only there: "
+            f"{_prefixes(saved - own)[:4] or '-'}; only here: {_prefixes(own - saved)[:4] or '-'}). It was written by "
+            "a run with another --mixup or model; resume with that one, or start from an export with "
+            "--model_name_or_path."
         )

@@ -12,8 +12,9 @@ import logging
 import os
 
 import torch
+from safetensors import SafetensorError
 
-from .checkpoints import NonFiniteError, umask_modes
+from .checkpoints import NonFiniteError, save_failed, umask_modes
 
 logger = logging.getLogger(__name__)
 
@@ -104,14 +105,19 @@ def export_trained(trainer, output_dir: str | None = None, which: str | None = N
     processor = trainer.processing_class
     if processor is None and info is not None:
         processor = make_image_processor(info)
-    adapter.export(
-        output_dir,
-        label_names=label_names(adapter, [trainer.train_dataset, *evals]),
-        preprocessing=preprocessing(info),
-        processor=processor,
-    )
-    with hub_token_hidden(args):
-        torch.save(args, os.path.join(output_dir, "training_args.bin"))
+    try:
+        adapter.export(
+            output_dir,
+            label_names=label_names(adapter, [trainer.train_dataset, *evals]),
+            preprocessing=preprocessing(info),
+            processor=processor,
+        )
+        with hub_token_hidden(args):
+            torch.save(args, os.path.join(output_dir, "training_args.bin"))
+    except (OSError, SafetensorError, RuntimeError) as err:  # a full disk (torch.save raises RuntimeError)
+        if not isinstance(err, (OSError, SafetensorError)) and "write" not in str(err).lower():
+            raise
+        raise save_failed(err, f"the exported model to {output_dir}", args.output_dir) from err
     umask_modes(output_dir)
     logger.info("Exported the %s model (%s) to %s", what, adapter.family, output_dir)
     return output_dir

@@ -16,6 +16,8 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from .checkpoints import umask_modes
+
 GENERATOR_DIR = "generator"
 
 # The generator classes an artefact may name (looked up in `hf_adautomix.mixers`; nothing else is instantiated).
@@ -169,6 +171,7 @@ def save_generator(source, save_directory: str) -> str:
     artifact.generator.load_state_dict(state)
     os.makedirs(save_directory, exist_ok=True)
     artifact.save_pretrained(save_directory)
+    umask_modes(save_directory)  # safetensors writes 0600; the user's umask, as for the export
     return save_directory
 
 

@@ -40,7 +40,7 @@ class HubPushMixin:
         "eval_results.json",
         "test_results.json",
         "trainer_state.json",
-        "hf_adautomix_run.json",  # checkpoints.RUN_FILE
+        "hf_adautomix_run.json",  # run_folder.RUN_FILE
     )
     HUB_STAGING = "_hub_staging"  # under output_dir; names starting with "_" are never uploaded from it
 

@@ -76,3 +76,16 @@ def anneal_generator_group(
         raise ValueError(f"--generator_min_lr needs a LambdaLR schedule, not {args.lr_scheduler_type}.")
     base = optimizer.param_groups[group]["initial_lr"]
     scheduler.lr_lambdas[group] = GeneratorCosine(num_training_steps, floor / base)
+
+
+def check_step_counts(args) -> None:
+    """TrainingArguments that would crash in training or make no optimizer step, refused with the flag named."""
+    if args.gradient_accumulation_steps < 1:
+        raise ValueError(
+            f"--gradient_accumulation_steps {args.gradient_accumulation_steps} must be 1 or more."
+        )
+    if args.max_steps <= 0 and args.num_train_epochs <= 0:
+        raise ValueError(
+            f"--num_train_epochs {args.num_train_epochs:g} with --max_steps {args.max_steps} makes no optimizer "
+            "step: nothing would be trained. Give --num_train_epochs > 0 or --max_steps > 0."
+        )

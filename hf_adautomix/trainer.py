@@ -14,15 +14,15 @@ import os
 import shutil
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
-from transformers import Trainer, TrainerState, TrainingArguments
+from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import rotate_checkpoints
 
-from . import callbacks, optim
+from . import callbacks, checkpoints, optim
 from .arguments import MixupArguments
 from .backbones import wrap_classifier
 from .checkpoints import NonFiniteError as NonFiniteError  # re-exported (hf_adautomix.trainer.NonFiniteError)
-from .checkpoints import checkpoint_to_resume, finished_at, mark_complete, umask_modes
 from .export import export_trained, hub_token_hidden
 from .hub_push import HubPushError as HubPushError  # re-exported: `from hf_adautomix.trainer import ...`
 from .hub_push import HubPushMixin
@@ -82,6 +82,7 @@ class AdAutoMixTrainer(HubPushMixin, Trainer):
         # pruning would run first and remove them (hf-ecosystem §1.6), so users never need the flag.
         args.remove_unused_columns = False
         args.label_names = args.label_names or ["labels"]
+        args.dataloader_pin_memory &= args.device.type not in ("cpu", "mps")  # no pinning there (torch warns)
         if args.ddp_find_unused_parameters is None:
             # Every trainable parameter (classifier, mix head, generator) gets a gradient on every step in every
             # mixer, and the teacher is frozen; Trainer's default for a non-PreTrainedModel (True) is slower.
@@ -102,8 +103,7 @@ class AdAutoMixTrainer(HubPushMixin, Trainer):
         if mixup_args.eval_robustness:
             samples = mixup_args.eval_robustness_samples
             self.robustness_probe = callbacks.RobustnessProbe(eval_dataset, self.transform_info, samples)
-        if self.transform_info is not None and hasattr(wrapper.mixer, "image_mean"):
-            # PuzzleMix undoes the input normalisation for its smoothness term.
+        if self.transform_info is not None and hasattr(wrapper.mixer, "image_mean"):  # PuzzleMix: smoothness
             wrapper.mixer.image_mean.copy_(torch.tensor(self.transform_info.mean).view(1, -1, 1, 1))
             wrapper.mixer.image_std.copy_(torch.tensor(self.transform_info.std).view(1, -1, 1, 1))
         super().__init__(
@@ -128,6 +128,7 @@ class AdAutoMixTrainer(HubPushMixin, Trainer):
         if wrapper.mixer.learned:
             every, info = mixup_args.save_mix_every, self.transform_info
             self.add_callback(callbacks.MixGridCallback(every, info, self.callback_handler))
+            self.add_callback(callbacks.MaskCollapseWarning(mixup_args.mixup))
         if wrapper.teacher is not None:
             logger.info("EMA teacher: %s.", wrapper.ema_schedule.describe())
 
@@ -315,7 +316,9 @@ class AdAutoMixTrainer(HubPushMixin, Trainer):
             self.save_generator(output_dir)
             if self.is_world_process_zero():
                 self.save_model_card(output_dir)  # what save_model() users get too, not only push_to_hub()
-                umask_modes(output_dir)  # safetensors writes 0600; the export gets the user's umask
+                checkpoints.umask_modes(
+                    output_dir
+                )  # safetensors writes 0600; the export gets the user's umask
 
     def _save_checkpoint(self, model, trial):
         # Override: a kill at any moment leaves the previous checkpoint whole. Trainer writes checkpoint-N/ file by
@@ -330,11 +333,13 @@ class AdAutoMixTrainer(HubPushMixin, Trainer):
         self.args.save_total_limit, self._checkpointing = None, True
         try:
             super()._save_checkpoint(model, trial)
+        except (OSError, SafetensorError) as err:  # a full disk: one line naming what a re-run resumes from
+            raise checkpoints.save_failed(err, target, run_dir) from err
         finally:
             self.args.save_total_limit, self._checkpointing = limit, False
         self.accelerator.wait_for_everyone()  # every rank has written its RNG state
         if self.args.should_save:
-            mark_complete(target)
+            checkpoints.mark_complete(target)
             # transformers' own rotation (trainer_utils, not in its documented API), run after the mark instead.
             rotate_checkpoints(
                 output_dir=run_dir,
@@ -345,9 +350,11 @@ class AdAutoMixTrainer(HubPushMixin, Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
         """`Trainer.train`; `resume_from_checkpoint=True` takes the last *complete* checkpoint in `output_dir`
-        (skipping, with a warning, any that an interrupted save left), and a named checkpoint is checked first."""
-        resume, args = checkpoint_to_resume(resume_from_checkpoint, self.args.output_dir), self.args
-        if resume and finished_at(resume, args.max_steps, args.num_train_epochs):
+        (skipping, with a warning, any that an interrupted save left), and a named checkpoint is checked first.
+        Arguments that would make no optimizer step (or crash) are a ValueError naming the flag, before anything."""
+        optim.check_step_counts(args := self.args)
+        resume = checkpoints.checkpoint_to_resume(resume_from_checkpoint, args.output_dir, self.model)
+        if resume and checkpoints.finished_at(resume, args.max_steps, args.num_train_epochs):
             return self._finished_run(resume)
         # Trainer filters a non-finite step loss out of the logged loss with `torch.isnan(loss) or ...`: a host sync
         # per step on a GPU. `training_step` applies the same filter on the device instead (`evaluate` puts the flag
@@ -360,16 +367,11 @@ class AdAutoMixTrainer(HubPushMixin, Trainer):
             self.args.logging_nan_inf_filter, self._nan_filter_on_device = filter_flag, False
 
     def _finished_run(self, checkpoint: str):
-        """Trainer would train one more step from a checkpoint taken at the last step; a re-run of a finished
-        command must give back the same model instead."""
-        from transformers.trainer_utils import TrainOutput
-
+        """A re-run of a finished run gives back its model, state and train metrics (Trainer would train a step)."""
         logger.warning("%s is the end of training: nothing left to train.", checkpoint)
         self._load_from_checkpoint(checkpoint)  # Trainer's private loader: the one that reads what it wrote
-        self.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
-        losses = [h["loss"] for h in self.state.log_history if "loss" in h]
-        loss = losses[-1] if losses else float("nan")
-        return TrainOutput(self.state.global_step, loss, {"train_loss": loss, "epoch": self.state.epoch})
+        self.state, output = checkpoints.finished_state(checkpoint, self.args.output_dir)
+        return output
 
     # -- export (the Hub side: `hub_push.HubPushMixin`) ------------------------------------------------------
     def export_model(self, output_dir: str | None = None, which: str | None = None) -> str:
@@ -378,9 +380,8 @@ class AdAutoMixTrainer(HubPushMixin, Trainer):
         return export_trained(self, output_dir, which)
 
     def save_generator(self, output_dir: str | None = None) -> str | None:
-        """Save a learned mixer's generator as its own artefact (`generator_hub.save_generator`: config.json with
-        what rebuilds it, the backbone stage, N; safetensors weights) to `output_dir/generator/`. Returns the folder,
-        or None for mixers without a generator (and on processes other than the main one)."""
+        """Save a learned mixer's generator as its own artefact (`generator_hub.save_generator`) to
+        `output_dir/generator/`. Returns the folder, or None without a generator (or on processes but the main)."""
         if not getattr(self.model.mixer, "learned", False) or not self.is_world_process_zero():
             return None
         from .generator_hub import GENERATOR_DIR, save_generator
@@ -389,12 +390,11 @@ class AdAutoMixTrainer(HubPushMixin, Trainer):
 
 
 def _refuse_sharded_training(args: TrainingArguments) -> None:
-    """DeepSpeed/FSDP would shard the EMA teacher and the generator; refuse them before Trainer sets anything up
-    (on CPU accelerate would silently fall back to plain DDP)."""
+    """DeepSpeed/FSDP would shard the EMA teacher and the generator: refused before Trainer sets anything up."""
     env = ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
     if args.fsdp or args.deepspeed or any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in env):
         raise ValueError(
-            "hf_adautomix supports single-device and DDP training (accelerate launch --multi_gpu, "
-            "torchrun, CPU multi-process with --use_cpu); DeepSpeed and FSDP are not supported: "
-            "drop --fsdp/--deepspeed (or the accelerate config that enables them)."
+            "hf_adautomix supports single-device and DDP training (accelerate launch --multi_gpu, torchrun, CPU "
+            "multi-process with --use_cpu); DeepSpeed and FSDP are not supported: drop --fsdp/--deepspeed (or the accelerate "
+            "config that enables them)."
         )

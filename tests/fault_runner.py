@@ -6,6 +6,9 @@ FAULT is one of:
 - `kill_in_step`: SIGKILL this process in the middle of optimizer step STEP (after its backward pass);
 - `kill_in_save`: SIGKILL it while checkpoint-STEP is being written (the weights are on disk, the optimizer
   state, RNG states and trainer state are not).
+- `disk_full_in_save`: the disk fills while checkpoint-STEP's weights are written: safetensors' writer fails
+  the way it does on a full disk (`SafetensorError: ... No space left on device (os error 28)`), after having
+  written part of the file.
 
 The kill is a real `kill -9` of the training process: nothing of ours runs after it.
 """
@@ -48,6 +51,20 @@ elif fault == "kill_in_save":
         return save_optimizer(self, output_dir)
 
     Trainer._save_optimizer_and_scheduler = killing_save
+elif fault == "disk_full_in_save":
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    save_file = safetensors.torch.save_file
+
+    def full_disk_save_file(tensors, filename, *a, **kw):
+        if f"checkpoint-{step}" in str(filename):
+            with open(filename, "wb") as f:
+                f.write(b"\0" * 4096)  # what reached the disk before it filled
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return save_file(tensors, filename, *a, **kw)
+
+    safetensors.torch.save_file = full_disk_save_file
 else:
     raise SystemExit(f"unknown fault {fault!r}")
 

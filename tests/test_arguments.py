@@ -329,16 +329,21 @@ class TestIssue17API:
             ({"gradient_accumulation_steps": 0}, "--gradient_accumulation_steps 0 must be 1 or more"),
         ],
     )
-    def test_check_step_counts(self, kwargs, match):
-        from types import SimpleNamespace
+    def test_train_with_no_optimizer_step_is_refused(self, tmp_path, kwargs, match):
+        # The Python API too (was: exit 0 and an untrained export, or a ZeroDivisionError), before any training.
+        import torch
+        from torch.utils.data import TensorDataset
+        from transformers import ResNetConfig, ResNetForImageClassification, TrainingArguments
 
-        spec = importlib.util.spec_from_file_location("run_image_classification", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        check_step_counts = module.check_step_counts
-        args = SimpleNamespace(
-            **{"num_train_epochs": 3, "max_steps": -1, "gradient_accumulation_steps": 1, **kwargs}
+        from hf_adautomix import AdAutoMixTrainer
+
+        model = ResNetForImageClassification(
+            ResNetConfig(num_labels=2, embedding_size=8, hidden_sizes=[8, 8])
         )
+        data = TensorDataset(torch.randn(8, 3, 8, 8), torch.tensor([0, 1] * 4))
+        values = {"num_train_epochs": 3, "max_steps": -1, **kwargs}
+        args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, **values)
+        trainer = AdAutoMixTrainer(model=model, args=args, train_dataset=data)
         with pytest.raises(ValueError, match=match):
-            check_step_counts(args)
-        check_step_counts(SimpleNamespace(num_train_epochs=0, max_steps=5, gradient_accumulation_steps=1))
+            trainer.train()
+        assert trainer.state.global_step == 0 and not any(tmp_path.iterdir())

@@ -12,9 +12,9 @@ from test_cli import FAST, load_script
 from test_trainer import targs, tensor_dataset
 
 from hf_adautomix import AdAutoMixTrainer, MixupArguments
-from hf_adautomix.checkpoints import run_record
 from hf_adautomix.data import load_digits_dataset
 from hf_adautomix.evaluation.robustness import TRAINING_CORRUPTIONS, robustness_subset
+from hf_adautomix.run_folder import run_record
 
 ROBUST = [
     *(f"robust_{name}_top1" for name in TRAINING_CORRUPTIONS),
@@ -165,7 +165,7 @@ def test_cli_flag_lands_in_all_results_and_the_history(tmp_path):
 
 
 def test_resuming_with_another_value_is_allowed():
-    """The flags change no training, so checkpoints.run_record leaves them out (a re-run with them resumes)."""
+    """The flags change no training, so run_folder.run_record leaves them out (a re-run with them resumes)."""
     assert run_record(MixupArguments(eval_robustness=True, eval_robustness_samples=7)) == run_record(
         MixupArguments()
     )

@@ -26,8 +26,9 @@ from transformers import AutoModelForImageClassification, TrainerCallback
 import hf_adautomix  # noqa: F401  (registers the CIFAR ResNet for the Auto classes)
 from hf_adautomix import AdAutoMixTrainer, MixupArguments
 from hf_adautomix.backbones import wrap_classifier
-from hf_adautomix.checkpoints import checkpoint_problem, resolve_resume, run_record
+from hf_adautomix.checkpoints import checkpoint_problem
 from hf_adautomix.generator_hub import load_generator, save_generator
+from hf_adautomix.run_folder import resolve_resume, run_record
 from hf_adautomix.trainer import HubPushError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,5 @@
 """AdAutoMixTrainer: GA loss scaling, EMA evaluation and export, raw datasets, generator param group, resume."""
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -202,7 +201,7 @@ PRE_EXTRA_STATE = Path(__file__).parent / "data" / "pre_refactor_adautomix_check
 def test_checkpoint_with_a_step_buffer_resumes(tmp_path):
     """A checkpoint written before `MixupModel.step` became a host int (extra state) resumes exactly: its `step`
     buffer is read as the step count (AdAutoMix's alternation and the EMA momentum depend on it)."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
 
     from hf_adautomix.checkpoints import mark_complete
 
@@ -229,8 +228,14 @@ def test_checkpoint_with_a_step_buffer_resumes(tmp_path):
 
     full = run(tmp_path / "full")
     checkpoint = tmp_path / "full" / "checkpoint-2"
-    shutil.copy(PRE_EXTRA_STATE, checkpoint / "model.safetensors")
-    mark_complete(str(checkpoint))  # the completion marker lists the file sizes
+    # This run's checkpoint-2 rewritten in the old format: the keys of the file written before the change exactly
+    # (no `_extra_state`, a `step` buffer), the weights of this run.
+    weights = load_file(str(checkpoint / "model.safetensors"))
+    weights = {k: v for k, v in weights.items() if not k.endswith("_extra_state")}
+    weights["step"] = torch.tensor(2, dtype=old["step"].dtype)
+    assert set(weights) == set(old)
+    save_file(weights, str(checkpoint / "model.safetensors"), metadata={"format": "pt"})
+    mark_complete(str(checkpoint))  # the completion marker lists the file sizes and hashes
     resumed = run(tmp_path / "resumed", resume=str(checkpoint))
     assert resumed.step == 4
     expected = full.state_dict()
@@ -254,12 +259,14 @@ def test_mixup_model_rejects_training_without_labels():
 
 def test_torch_compile_and_channels_last(tmp_path):
     """`--torch_compile` (Trainer compiles the whole wrapper) and `--channels_last` train AdAutoMix; channels-last
-    gives the same first-step loss as contiguous memory."""
+    gives the same first-step loss as contiguous memory. The compile uses the `aot_eager` backend: dynamo's tracing
+    (graph breaks, guards) and AOT autograd of our wrapper are what is tested; inductor's C++ code generation would
+    add about a minute on 2 cores and tests torch, not us."""
     losses = {}
     for name, kw, mix_kw in (
         ("plain", {}, {}),
         ("channels_last", {}, {"channels_last": True}),
-        ("compiled", {"torch_compile": True}, {}),
+        ("compiled", {"torch_compile": True, "torch_compile_backend": "aot_eager"}, {}),
     ):
         model, _ = make_model("hf_resnet")
         trainer = AdAutoMixTrainer(
@@ -304,3 +311,44 @@ def test_push_to_hub_uploads_the_native_model_and_our_card(tmp_path):
 
     keys = load_file(str(pushed / "model.safetensors")).keys()
     assert not any(k.startswith(("generator", "mixer", "teacher")) for k in keys)
+
+
+def test_resume_from_another_mixers_checkpoint_is_one_line_in_the_api(tmp_path):
+    # Issue 17, 10 (the Python API; the CLI names the mixer from the run record): was Trainer's
+    # `AttributeError: 'MixupModel' object has no attribute '_keys_to_ignore_on_save'`.
+    model, size = make_model("hf_resnet")
+    data = tensor_dataset(size=size)
+    save = dict(save_strategy="steps", save_steps=2)
+    AdAutoMixTrainer(
+        model=model,
+        args=targs(tmp_path, **save),
+        mixup_args=MixupArguments(mixup="cutmix"),
+        train_dataset=data,
+    ).train()
+    model, _ = make_model("hf_resnet")
+    trainer = AdAutoMixTrainer(
+        model=model,
+        args=targs(tmp_path / "ada"),
+        train_dataset=data,
+        mixup_args=MixupArguments(mixup="adautomix"),
+    )
+    with pytest.raises(
+        ValueError, match=r"checkpoint-2: its weights are not this model's .*only here: \[.*mixer"
+    ):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert trainer.state.global_step == 0
+
+
+def test_no_pin_memory_warning_on_cpu(tmp_path):
+    # Issue 17, 27: every CPU run printed torch's "'pin_memory' argument is set as true but no accelerator".
+    import warnings
+
+    model, size = make_model("hf_resnet")
+    args = targs(tmp_path, use_cpu=False)  # use_cpu=True turns pinning off itself; a CPU-only machine does not
+    trainer = AdAutoMixTrainer(model=model, args=args, train_dataset=tensor_dataset(size=size))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+        trainer.evaluate(tensor_dataset(n=8, size=size))
+    assert not [w for w in caught if "pin_memory" in str(w.message)]
+    assert trainer.args.dataloader_pin_memory is (trainer.args.device.type not in ("cpu", "mps"))

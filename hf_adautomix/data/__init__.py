@@ -22,7 +22,6 @@ decode-once and ready-tensor fast path), `pipeline` (per-split application, raw-
 This package never imports a model: model facts arrive as plain values (`adapter.data_facts()`).
 """
 
-
 from .arguments import (
     DEFAULT_CROP_SCALE,
     FILE_BUILDERS,

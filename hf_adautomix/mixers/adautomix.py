@@ -229,7 +229,14 @@ class AdAutoMix(_LearnedMixer):
         # With `early`, each pass's loss is back-propagated (times its weight in the total) once built.
         head_q = self.head_q(classifier)
         loss_one, loss_van, loss_re = self._reference_loss(
-            classifier, head_q, x, y, perms_c, lam_c, vanilla=n >= 3 or paper, backward=backward if early else None
+            classifier,
+            head_q,
+            x,
+            y,
+            perms_c,
+            lam_c,
+            vanilla=n >= 3 or paper,
+            backward=backward if early else None,
         )
 
         x_mb = _mix(x, pi, masks_mb)
