@@ -41,10 +41,19 @@ BASE = [
 ]  # fmt: skip
 
 
+# HF_ADAUTOMIX_SMOKE=1 (tests/test_docs.py runs the docs' commands): seed 0 only (every mixer, so that the docs'
+# evaluation of the seed-0 runs has its folders); each run caps itself (examples/run_image_classification.py).
+SMOKE_CAPS = ["--seeds", "0"]
+
+
 def parse_args(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     run_args = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
+    if os.environ.get("HF_ADAUTOMIX_SMOKE"):  # imported only then: `import hf_adautomix` costs torch's import
+        from hf_adautomix.smoke import smoke_argv
+
+        argv = smoke_argv(argv, SMOKE_CAPS, "accuracy.py")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--mixers", default="none,mixup,cutmix,automix,adautomix", help="comma-separated --mixup values"

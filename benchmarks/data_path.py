@@ -53,6 +53,14 @@ STEP_VARIANTS = [
 ]
 
 
+# HF_ADAUTOMIX_SMOKE=1 (tests/test_docs.py runs the docs' commands): the plain loop alone, a tiny model, 3 steps on
+# 64 images, once; no whole-run comparison.
+SMOKE_CAPS = [
+    "--only", "plain loop", "--width", "4", "--batch_size", "16", "--train_samples", "64", "--eval_samples", "32",
+    "--steps", "2", "--warmup", "0", "--repeats", "1", "--whole_steps", "0",
+]  # fmt: skip
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -70,7 +78,9 @@ def parse_args(argv=None):
     p.add_argument("--only", nargs="*", default=None)
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    from hf_adautomix.smoke import smoke_argv
+
+    return p.parse_args(smoke_argv(sys.argv[1:] if argv is None else argv, SMOKE_CAPS, "data_path.py"))
 
 
 def resnet_overrides(width: int) -> str:

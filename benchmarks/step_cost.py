@@ -45,6 +45,7 @@ from hf_adautomix.arguments import MixupArguments  # noqa: E402
 from hf_adautomix.backbones import build_model, wrap_classifier  # noqa: E402
 from hf_adautomix.mixers import CLASSIC_MIXERS, build_mixer  # noqa: E402
 from hf_adautomix.modeling import MixupModel  # noqa: E402
+from hf_adautomix.smoke import smoke_argv, smoke_run  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # name: (MixupArguments kwargs, per-pass backward, mixer attributes set after building)
@@ -71,6 +72,11 @@ CLASSIC = {name: (dict(mixup=name), False, {}) for name in CLASSIC_MIXERS}
 CLASSIC["puzzlemix swap"] = (dict(mixup="puzzlemix"), False, {"graph_cut": "swap"})  # without gco-wrapper
 VARIANTS = {"none": (dict(mixup="none"), False, {}), **LEARNED, **CLASSIC}
 GROUPS = {"learned": ["none", *LEARNED], "classic": ["none", *CLASSIC], "all": list(VARIANTS)}
+# HF_ADAUTOMIX_SMOKE=1 (tests/test_docs.py runs the docs' commands): a tiny model and batch, one timed step, and
+# `none` alone unless --only is given (see parse_args): each variant's memory is measured in a process of its own.
+SMOKE_CAPS = [
+    "--width", "4", "--batch_size", "4", "--warmup", "0", "--steps", "1", "--rounds", "1", "--mem_steps", "1",
+]  # fmt: skip
 
 
 def parse_args(argv=None):
@@ -93,7 +99,10 @@ def parse_args(argv=None):
     p.add_argument("--group", choices=sorted(GROUPS), default="learned", help="which variants to run")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(smoke_argv(sys.argv[1:] if argv is None else argv, SMOKE_CAPS, "step_cost.py"))
+    if smoke_run() and args.only is None:
+        args.only = ["none"]
+    return args
 
 
 def build(name: str, args, device):
