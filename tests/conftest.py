@@ -61,6 +61,13 @@ def tiny_classifier(seed: int = 0, num_labels: int = 4):
     return wrap_classifier(make_model("hf_resnet", num_labels, seed)[0])
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (setup.cfg): 2 workers up to 4 cores, then half the cores, at most 8. Most tests are single-threaded
+    or wait on subprocesses that are; the docs run and the 2-process tests start several processes themselves."""
+    cores = os.cpu_count() or 1
+    return max(2, min(8, cores // 2)) if cores > 4 else 2
+
+
 @pytest.fixture(autouse=True)
 def _isolated_hf_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf_home"))

@@ -34,6 +34,9 @@ from pathlib import Path
 
 import pytest
 
+# One worker runs the whole module under pytest-xdist: the fixture runs the docs once for all their blocks' tests.
+pytestmark = pytest.mark.xdist_group("docs")
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(bash|sh|shell|console)\n(.*?)^```", flags=re.S | re.M)
