@@ -225,8 +225,8 @@ class MaskCollapseWarning(TrainerCallback):
     each mixed image is (nearly) one source image while its target still says λ.
 
     A crisp mask of the right area (CutMix-like) is not a collapse, nor is a soft mask whose area is off (the mask
-    loss can still pull it back). Measured on the embedded digits (README, "Mask collapse"): collapsed AutoMix runs
-    log entropy ≤ 0.03 and gaps 0.28-0.75 from the onset on; healthy runs stay above 0.06 nats.
+    loss can still pull it back). Measured on the embedded digits (docs/benchmarks.md, "Mask collapse"): collapsed
+    AutoMix runs log entropy ≤ 0.03 and gaps 0.28-0.75 from the onset on; healthy runs stay above 0.06 nats.
     """
 
     ENTROPY, GAP, WINDOWS = 0.05, 0.25, 5
@@ -251,8 +251,8 @@ class MaskCollapseWarning(TrainerCallback):
             logger.warning(
                 "The %s masks have collapsed since step %d: for %d logs in a row they are crisp (entropy %.4f < %s) "
                 "and far from λ (mean |area − λ| %.3f > %s), so each mixed image is one source image while its "
-                "target says λ. On small, easy data this happens once the EMA teacher is good (README, \"Mask "
-                "collapse\"); the grids in mixed_samples/ show it.",
+                "target says λ. On small, easy data this happens once the EMA teacher is good "
+                "(docs/benchmarks.md, \"Mask collapse\"); the grids in mixed_samples/ show it.",
                 self.mixer, self.first, self.run, logs["train_mask_entropy"], self.ENTROPY,
                 logs["train_mask_lam_gap"], self.GAP,
             )  # fmt: skip

@@ -59,9 +59,9 @@ def test_no_warning_without_a_collapse(logs, caplog):
 
 
 def test_the_criterion_separates_the_measured_runs():
-    """The thresholds against what the issue's runs logged (README, "Mask collapse"): collapsed AutoMix windows had
-    entropy 0.0006-0.0168 and gaps 0.28-0.71; healthy windows of AutoMix and AdAutoMix entropy ≥ 0.064 or gaps
-    ≤ 0.24 while crisp."""
+    """The thresholds against what the issue's runs logged (docs/benchmarks.md, "Mask collapse"): collapsed AutoMix
+    windows had entropy 0.0006-0.0168 and gaps 0.28-0.71; healthy windows of AutoMix and AdAutoMix entropy ≥ 0.064
+    or gaps ≤ 0.24 while crisp."""
     for entropy, gap in ((0.0006, 0.2761), (0.0168, 0.7062), (0.0, 0.748)):
         assert MaskCollapseWarning.collapsed({"train_mask_entropy": entropy, "train_mask_lam_gap": gap})
     for entropy, gap in ((0.0642, 0.6445), (0.1657, 0.3995), (0.8883, 0.2306), (0.002, 0.2306)):
