@@ -261,15 +261,21 @@ def main(argv: list[str] | None = None) -> dict:
     check_output_dir(training_args.output_dir, int(model_bytes * (1.2 + 4 * checkpointing)) + 2**20)
     if training_args.process_index == 0:
         lock_output_dir(training_args.output_dir)  # a second run into it refuses, naming this one's PID
+    record = run_record(model_args, data_args, mixup_args, training_args)
+    explicit = training_args.resume_from_checkpoint is not None
     resume = resolve_resume(
         training_args.output_dir,
-        run_record(model_args, data_args, mixup_args, training_args),
+        record,
         training_args.resume_from_checkpoint,
         main_process=training_args.process_index == 0,
     )
     trains = _trains(training_args, argv)
     done = finished_results(
-        training_args.output_dir, resume, training_args.max_steps, training_args.num_train_epochs
+        training_args.output_dir,
+        resume,
+        training_args.max_steps,
+        training_args.num_train_epochs,
+        None if explicit else record,  # without checkpoints: this command's record, unless told otherwise
     )
     if trains and done is not None and not training_args.push_to_hub:  # (with it: push what is there again)
         logger.warning(

@@ -135,11 +135,24 @@ def resolve_resume(
     if not main_process:
         return checkpoint
     os.makedirs(output_dir, exist_ok=True)
-    tmp = os.path.join(output_dir, RUN_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=1, sort_keys=True)
-    os.replace(tmp, os.path.join(output_dir, RUN_FILE))
+    if _recorded(output_dir) != _as_json(record):  # the same record stays as it is (a re-run changes nothing)
+        tmp = os.path.join(output_dir, RUN_FILE + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(record, f, indent=1, sort_keys=True)
+        os.replace(tmp, os.path.join(output_dir, RUN_FILE))
     return checkpoint
+
+
+def _as_json(record: dict) -> dict:
+    return json.loads(json.dumps(record))
+
+
+def _recorded(output_dir: str) -> dict | None:
+    try:
+        with open(os.path.join(output_dir, RUN_FILE)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def _check_same_mixer(record: dict, checkpoint: str) -> None:
@@ -183,17 +196,30 @@ def _check_same_run(output_dir: str, record: dict, checkpoint: str, *, strict: b
 
 
 def finished_results(
-    output_dir: str, checkpoint: str | None, max_steps: int, num_train_epochs: float
+    output_dir: str,
+    checkpoint: str | None,
+    max_steps: int,
+    num_train_epochs: float,
+    record: dict | None = None,
 ) -> dict | None:
-    """The metrics (`all_results.json`) of a finished run of this command in `output_dir`, when there is one:
-    `checkpoint`, what the re-run would resume from, is its last step, and the export, card and evaluation were
-    all written after it. Else None (there is something left to do)."""
-    if checkpoint is None or not finished_at(checkpoint, max_steps, num_train_epochs):
+    """The metrics (`all_results.json`) of a finished run of this command in `output_dir`, when there is one, else
+    None (there is something left to do). With `checkpoint`, what the re-run would resume from: it is the last step,
+    and the export, card and evaluation were all written after it. Without one (a run that saved no checkpoint)
+    and with `record`, this command's arguments: `RUN_FILE` holds them (written at the run's start), the folder's
+    `trainer_state.json` is at the last step, and the export, card and evaluation were written after `RUN_FILE`."""
+    if checkpoint is not None:
+        if not finished_at(checkpoint, max_steps, num_train_epochs):
+            return None
+        since = os.path.getmtime(os.path.join(checkpoint, COMPLETE_FILE))
+    elif record is not None and not checkpoint_dirs(output_dir) and _recorded(output_dir) == _as_json(record):
+        if not finished_at(output_dir, max_steps, num_train_epochs):
+            return None
+        since = os.path.getmtime(os.path.join(output_dir, RUN_FILE))
+    else:
         return None
-    marker = os.path.getmtime(os.path.join(checkpoint, COMPLETE_FILE))
     results = os.path.join(output_dir, "all_results.json")
     written = [results, *(os.path.join(output_dir, name) for name in ("config.json", "README.md"))]
-    if not all(os.path.isfile(p) and os.path.getmtime(p) >= marker for p in written):
+    if not all(os.path.isfile(p) and os.path.getmtime(p) >= since for p in written):
         return None
     try:
         with open(results) as f:

@@ -32,6 +32,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import docs_python
 import pytest
 
 # One worker runs the whole module under pytest-xdist: the fixture runs the docs once for all their blocks' tests.
@@ -292,14 +293,28 @@ class DocRunner:
 
     def _run_doc(self, doc: str, blocks: list[Block], template: Path) -> None:
         base = self.base / re.sub(r"\W", "_", doc)
-        failed = None
         try:
             repo = make_sandbox(base, template)
             env = run_env(base)
+            sock = docs_python.socket_path(base)
+            server = docs_python.start_server(sock, env, base / "warm_python.log")
         except BaseException as err:  # noqa: BLE001 (reported by every block's test)
             for block in blocks:
                 self.futures[block.id].set_exception(err)
             return
+        with LIVE_LOCK:
+            LIVE.add(server)
+        shims = docs_python.install_shim(base / "bin")
+        env = {**env, "PATH": f"{shims}{os.pathsep}{env['PATH']}", docs_python.SOCKET_VAR: str(sock)}
+        try:
+            self._run_blocks(blocks, repo, env)
+        finally:
+            _kill(server)
+            with LIVE_LOCK:
+                LIVE.discard(server)
+
+    def _run_blocks(self, blocks: list[Block], repo: Path, env: dict[str, str]) -> None:
+        failed = None
         for block in blocks:
             if failed is not None or self.stopped.is_set():
                 skipped = f"{failed} failed before it" if failed else "the test session ended"

@@ -185,6 +185,25 @@ def test_rerunning_a_finished_command_changes_nothing(reference, tmp_path):
     assert _files(out) == before
 
 
+def test_rerunning_a_finished_command_without_checkpoints_changes_nothing(tmp_path):
+    """The script's default saves no checkpoint: a re-run of the same command is still a no-op (it used to train
+    the whole run again and rewrite every file), while other arguments train again."""
+    drop = {"--save_strategy", "--save_steps", "--max_steps"}
+    pairs = [RUN[i : i + 2] for i in range(len(TINY_RESNET_ARGS), len(RUN), 2)]
+    args = [*TINY_RESNET_ARGS, *(a for pair in pairs if pair[0] not in drop for a in pair)]
+    args += ["--save_strategy", "no", "--max_steps", "4", "--mixup", "none"]
+    out = tmp_path / "out"
+    ok(run(args, out))
+    before = _files(out)
+    assert not list(out.glob("checkpoint-*")) and before
+    proc = ok(run(args, out))
+    assert "holds this command's finished run" in proc.stdout + proc.stderr
+    assert _files(out) == before
+    proc = ok(run([*args, "--learning_rate", "0.01"], out))
+    assert "holds this command's finished run" not in proc.stdout + proc.stderr
+    assert json.loads((out / "hf_adautomix_run.json").read_text())["learning_rate"] == 0.01
+
+
 def test_rerun_after_a_kill_between_the_last_checkpoint_and_the_export_finishes_the_run(reference, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(reference, out)
