@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any
 
-from hf_adautomix.visualize import save_run_comparison
+from hf_adautomix.plots import save_run_comparison
 
 # (column, key in the results; fraction shown in %, or a plain number)
 CLEAN = [

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 
-from hf_adautomix.visualize import save_training_plot
+from hf_adautomix.plots import save_training_plot
 
 
 def find_trainer_state(path: str) -> str:

@@ -210,12 +210,12 @@ class Result:
     seconds: float = 0.0
     stderr_tail: str = ""
     logs: list[str] = field(default_factory=list)
-    skipped: str | None = None
+    not_run: str | None = None  # why the block did not run
     failed_at: str = ""  # the command that failed, from bash's `-x` trace
 
     @property
     def ok(self) -> bool:
-        return self.skipped is None and bool(self.returncodes) and all(rc == 0 for rc in self.returncodes)
+        return self.not_run is None and bool(self.returncodes) and all(rc == 0 for rc in self.returncodes)
 
 
 def _tail(path: Path, chars: int = 3000) -> str:
@@ -317,8 +317,8 @@ class DocRunner:
         failed = None
         for block in blocks:
             if failed is not None or self.stopped.is_set():
-                skipped = f"{failed} failed before it" if failed else "the test session ended"
-                self.futures[block.id].set_result(Result(block, skipped=skipped))
+                not_run = f"{failed} failed before it" if failed else "the test session ended"
+                self.futures[block.id].set_result(Result(block, not_run=not_run))
                 continue
             try:
                 result = run_block(block, repo, env)
@@ -358,8 +358,8 @@ def doc_runner(request, tmp_path_factory):
 @pytest.mark.parametrize("block", BLOCKS, ids=lambda b: b.id)
 def test_doc_block(block, doc_runner):
     result = doc_runner.result(block.id)
-    if result.skipped:
-        pytest.skip(result.skipped)
+    # A block after a failed one cannot run (its inputs were never made): it fails too, naming the cause.
+    assert result.not_run is None, f"{block.id} did not run: {result.not_run}"
     print(f"{block.id}: {result.seconds:.1f} s")
     assert result.ok, (
         f"{block.id} failed (exit {result.returncodes}) at `{result.failed_at}`:\n{result.stderr_tail}\n"

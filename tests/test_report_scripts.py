@@ -179,7 +179,7 @@ def runs(tmp_path_factory):
 
 class TestTrainingCurves:
     def test_panels_of_adautomix(self, runs):
-        from hf_adautomix.visualize import training_curves
+        from hf_adautomix.plots import training_curves
 
         with open(runs / "adautomix" / "trainer_state.json") as f:
             panels = training_curves(json.load(f)["log_history"])
@@ -205,7 +205,7 @@ class TestTrainingCurves:
         assert not any("runtime" in n or "per_second" in n for c in panels.values() for n in c)
 
     def test_no_curve_is_an_error(self):
-        from hf_adautomix.visualize import save_training_plot
+        from hf_adautomix.plots import save_training_plot
 
         with pytest.raises(ValueError, match="found none to plot"):
             save_training_plot([{"step": 1, "epoch": 0.1}], "unused.png")
@@ -294,3 +294,13 @@ class TestCompareRuns:
             compare.main([*argv, "--robustness_dirs", "-", str(tmp_path)])
         with pytest.raises(FileNotFoundError, match="does not exist"):
             compare.main([str(tmp_path / "nowhere")])
+
+
+def test_figures_keep_their_old_import_path():
+    """The figures of metrics moved from `visualize` to `plots`; `hf_adautomix.visualize.<figure>` still works."""
+    from hf_adautomix import plots, visualize
+
+    assert visualize.save_training_plot is plots.save_training_plot
+    assert visualize.save_reliability_diagram is plots.save_reliability_diagram
+    with pytest.raises(AttributeError):
+        visualize.no_such_figure  # noqa: B018

@@ -31,7 +31,7 @@ from hf_adautomix.evaluation.robustness import (  # noqa: E402
     occlude,
     predict,
 )
-from hf_adautomix.visualize import reliability_bins, save_reliability_diagram  # noqa: E402
+from hf_adautomix.plots import reliability_bins, save_reliability_diagram  # noqa: E402
 
 NAMES = ["cat", "dog", "frog", "ship"]
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")

@@ -1,5 +1,5 @@
 """The report of `evaluate_robustness`: its results as markdown tables, JSON and figures in a folder. The only
-module of `evaluation/` that draws (through `hf_adautomix.visualize`)."""
+module of `evaluation/` that draws (through `hf_adautomix.plots`)."""
 
 from __future__ import annotations
 
@@ -80,25 +80,25 @@ def write_report(
 
     Sets `results["files"]` (name -> path, also in the JSON) and returns it.
     """
-    from .. import visualize
+    from .. import plots
 
     os.makedirs(output_dir, exist_ok=True)
     files = {
         "json": os.path.join(output_dir, "robustness.json"),
         "markdown": os.path.join(output_dir, "robustness.md"),
     }
-    files["reliability_diagram"] = visualize.save_reliability_diagram(
+    files["reliability_diagram"] = plots.save_reliability_diagram(
         logits, labels, os.path.join(output_dir, "reliability_diagram.png"), n_bins=15
     )
     if "occlusion" in results:
         occ = results["occlusion"]
-        files["occlusion_plot"] = visualize.save_occlusion_plot(
+        files["occlusion_plot"] = plots.save_occlusion_plot(
             {results["model"]: occ["accuracy"]},
             os.path.join(output_dir, "occlusion.png"),
             title=f"Random PatchDrop ({occ['patch_size']} px)",
         )
     if "corruptions" in results:
-        files["corruption_plot"] = visualize.save_corruption_plot(
+        files["corruption_plot"] = plots.save_corruption_plot(
             results["corruptions"], os.path.join(output_dir, "corruptions.png")
         )
     results["files"] = files
