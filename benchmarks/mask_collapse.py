@@ -30,11 +30,8 @@ def summarize(run: str) -> dict:
     if not state:
         raise SystemExit(f"error: {run} has no trainer_state.json (not a finished training run)")
     logs = [r for r in state["log_history"] if MaskCollapseWarning.collapsed(r) is not None]
-    streak, onset, first = 0, None, None
-    for r in logs:
-        streak, first = (streak + 1, first or r["step"]) if MaskCollapseWarning.collapsed(r) else (0, None)
-        if streak >= MaskCollapseWarning.WINDOWS and onset is None:
-            onset = first
+    watch = MaskCollapseWarning(mixer="")
+    onset = next((watch.first for r in logs if watch.update(r["step"], r)), None)
     flags = _json(os.path.join(run, "hf_adautomix_run.json"))  # the run's flags
     results = _json(os.path.join(run, "all_results.json"))
     return {

@@ -220,9 +220,10 @@ class MixGridCallback(TrainerCallback):
 
 
 class MaskCollapseWarning(TrainerCallback):
-    """Warns once when a learned mixer's masks have collapsed: for `windows` logs in a row the masks are crisp
-    (entropy below `entropy`, nats per pixel) AND their area is far from λ (mean |mask area − λ| above `gap`), so
-    each mixed image is (nearly) one source image while its target still says λ.
+    """Warns once when a learned mixer's masks have collapsed: for `WINDOWS` logs in a row the masks are crisp
+    (entropy below `ENTROPY`, nats per pixel) AND their area is far from λ (mean |mask area − λ| above `GAP`), so
+    each mixed image is (nearly) one source image while its target still says λ. `update` is the same test on
+    logs read back (`benchmarks/mask_collapse.py`).
 
     A crisp mask of the right area (CutMix-like) is not a collapse, nor is a soft mask whose area is off (the mask
     loss can still pull it back). Measured on the embedded digits (docs/benchmarks.md, "Mask collapse"): collapsed
@@ -241,12 +242,16 @@ class MaskCollapseWarning(TrainerCallback):
             return None
         return logs["train_mask_entropy"] < cls.ENTROPY and logs["train_mask_lam_gap"] > cls.GAP
 
+    def update(self, step: int, logs: dict) -> bool:
+        """Count one log (at `step`); whether the last `WINDOWS` logs with mask statistics all say collapsed (the
+        first of them at `self.first`)."""
+        bad = self.collapsed(logs)
+        if bad is not None:
+            self.run, self.first = (self.run + 1, self.first or step) if bad else (0, None)
+        return self.run >= self.WINDOWS
+
     def on_log(self, args, state, control, logs=None, **kwargs):
-        bad = self.collapsed(logs or {})
-        if bad is None or self.warned:
-            return
-        self.run, self.first = (self.run + 1, self.first or state.global_step) if bad else (0, None)
-        if self.run >= self.WINDOWS and state.is_world_process_zero:
+        if not self.warned and self.update(state.global_step, logs or {}) and state.is_world_process_zero:
             self.warned = True
             logger.warning(
                 "The %s masks have collapsed since step %d: for %d logs in a row they are crisp (entropy %.4f < %s) "

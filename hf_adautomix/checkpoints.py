@@ -25,7 +25,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 COMPLETE_FILE = "hf_adautomix_complete.json"
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
 class NonFiniteError(RuntimeError):
@@ -36,7 +36,7 @@ def checkpoint_dirs(folder: str) -> list[str]:
     """The `checkpoint-N` folders in `folder`, by increasing N."""
     if not os.path.isdir(folder):
         return []
-    found = [(int(m.group(1)), name) for name in os.listdir(folder) if (m := CHECKPOINT_RE.match(name))]
+    found = [(int(m.group(1)), name) for name in os.listdir(folder) if (m := _CHECKPOINT_RE.match(name))]
     return [
         os.path.join(folder, name) for _, name in sorted(found) if os.path.isdir(os.path.join(folder, name))
     ]
@@ -68,7 +68,7 @@ def umask_modes(folder: str) -> None:
     if mode == 0o600:
         return
     for root, dirs, names in os.walk(folder):
-        dirs[:] = [d for d in dirs if not CHECKPOINT_RE.match(d)]
+        dirs[:] = [d for d in dirs if not _CHECKPOINT_RE.match(d)]
         for name in names:
             path = os.path.join(root, name)
             if not os.path.islink(path) and os.stat(path).st_mode & 0o777 == 0o600:
@@ -165,7 +165,7 @@ def check_resumable(checkpoint: str) -> None:
 
 
 def _step(checkpoint: str) -> int:
-    m = CHECKPOINT_RE.match(os.path.basename(os.path.normpath(checkpoint)))
+    m = _CHECKPOINT_RE.match(os.path.basename(os.path.normpath(checkpoint)))
     return int(m.group(1)) if m else -1
 
 
@@ -195,7 +195,7 @@ def checkpoint_to_resume(
 
 def run_folder_checkpoint(path: str) -> str | None:
     """`--resume_from_checkpoint RUN_FOLDER` (a folder of `checkpoint-N`, not one): its last complete checkpoint."""
-    if not os.path.isdir(path) or CHECKPOINT_RE.match(os.path.basename(os.path.normpath(path))):
+    if not os.path.isdir(path) or _CHECKPOINT_RE.match(os.path.basename(os.path.normpath(path))):
         return None
     if os.path.isfile(os.path.join(path, COMPLETE_FILE)) or not checkpoint_dirs(path):
         return None

@@ -114,8 +114,8 @@ def export_trained(trainer, output_dir: str | None = None, which: str | None = N
         )
         with hub_token_hidden(args):
             torch.save(args, os.path.join(output_dir, "training_args.bin"))
-    except (OSError, SafetensorError, RuntimeError) as err:  # a full disk (torch.save raises RuntimeError)
-        if not isinstance(err, (OSError, SafetensorError)) and "write" not in str(err).lower():
+    except (OSError, SafetensorError, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and "write" not in str(err).lower():  # torch.save's full disk only
             raise
         raise save_failed(err, f"the exported model to {output_dir}", args.output_dir) from err
     umask_modes(output_dir)

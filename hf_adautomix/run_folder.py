@@ -157,12 +157,11 @@ def _recorded(output_dir: str) -> dict | None:
 
 def _check_same_mixer(record: dict, checkpoint: str) -> None:
     """A checkpoint of another `--mixup` holds other modules (keys): refuse it in one line, naming both mixers."""
-    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), RUN_FILE)
-    try:
-        with open(path) as f:
-            before = json.load(f).get("mixup")
-    except (OSError, ValueError, AttributeError):
-        return  # no record of the run that wrote it: Trainer's own loading checks the keys
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    path, recorded = os.path.join(folder, RUN_FILE), _recorded(folder)
+    before = (
+        recorded.get("mixup") if isinstance(recorded, dict) else None
+    )  # none: the keys are checked in train()
     if before is not None and "mixup" in record and before != record["mixup"]:
         raise ValueError(
             f"--resume_from_checkpoint {checkpoint}: it was written by a --mixup {before} run ({path}), this run is "
@@ -174,14 +173,14 @@ def _check_same_mixer(record: dict, checkpoint: str) -> None:
 def _check_same_run(output_dir: str, record: dict, checkpoint: str, *, strict: bool = True) -> None:
     """Refuse (`strict`: the implicit re-run of a command) or warn (an explicit --resume_from_checkpoint True:
     extending a run with more steps is the common case) when the arguments differ from those of the run."""
-    path = os.path.join(output_dir, RUN_FILE)
-    if not os.path.isfile(path):
+    before = _recorded(output_dir)
+    if not isinstance(before, dict):
         logger.warning(
-            "%s has no %s: cannot check that it was trained with the same arguments.", output_dir, RUN_FILE
+            "%s has no readable %s: cannot check that it was trained with the same arguments.",
+            output_dir,
+            RUN_FILE,
         )
         return
-    with open(path) as f:
-        before = json.load(f)
     changed = sorted(k for k in set(before) | set(record) if before.get(k) != record.get(k))
     diffs = "; ".join(f"--{k} {before.get(k)!r} there, {record.get(k)!r} now" for k in changed[:8])
     if changed and not strict:

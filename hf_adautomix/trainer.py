@@ -316,9 +316,8 @@ class AdAutoMixTrainer(HubPushMixin, Trainer):
             self.save_generator(output_dir)
             if self.is_world_process_zero():
                 self.save_model_card(output_dir)  # what save_model() users get too, not only push_to_hub()
-                checkpoints.umask_modes(
-                    output_dir
-                )  # safetensors writes 0600; the export gets the user's umask
+                # safetensors writes 0600; the export gets the user's umask
+                checkpoints.umask_modes(output_dir)
 
     def _save_checkpoint(self, model, trial):
         # Override: a kill at any moment leaves the previous checkpoint whole. Trainer writes checkpoint-N/ file by
@@ -395,6 +394,6 @@ def _refuse_sharded_training(args: TrainingArguments) -> None:
     if args.fsdp or args.deepspeed or any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in env):
         raise ValueError(
             "hf_adautomix supports single-device and DDP training (accelerate launch --multi_gpu, torchrun, CPU "
-            "multi-process with --use_cpu); DeepSpeed and FSDP are not supported: drop --fsdp/--deepspeed (or the accelerate "
-            "config that enables them)."
+            "multi-process with --use_cpu); DeepSpeed and FSDP are not supported: drop --fsdp/--deepspeed (or "
+            "the accelerate config that enables them)."
         )
