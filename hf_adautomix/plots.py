@@ -11,6 +11,14 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def _save(plt, fig, path: str, dpi: int) -> str:
+    """Write `fig` as a PNG at `path` (its folder made) and close it; returns `path`."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def _pyplot():
     import matplotlib
 
@@ -79,10 +87,7 @@ def save_reliability_diagram(logits, labels, path: str, n_bins: int = 15, title:
     bottom.bar(centers, count / max(count.sum(), 1), width=width, edgecolor="black", color="tab:gray")
     bottom.set(xlim=(0, 1), xlabel="confidence", ylabel="fraction")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, dpi=120)
 
 
 def save_occlusion_plot(curves: dict[str, dict], path: str, title: str = "Random PatchDrop") -> str:
@@ -97,10 +102,7 @@ def save_occlusion_plot(curves: dict[str, dict], path: str, title: str = "Random
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, dpi=120)
 
 
 def save_corruption_plot(results: dict, path: str) -> str:
@@ -120,10 +122,7 @@ def save_corruption_plot(results: dict, path: str) -> str:
     ax.set_title(f"Corruptions ({results['params']}), mean error {100 * results['mean_error']:.2f} %")
     ax.legend(fontsize="x-small", ncol=min(5, len(severities)))
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, dpi=120)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -240,10 +239,7 @@ def save_training_plot(log_history: Sequence[dict], path: str, title: str | None
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, dpi=100)
 
 
 def save_run_comparison(
@@ -287,7 +283,4 @@ def save_run_comparison(
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, dpi=100)
